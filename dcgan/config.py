@@ -1,0 +1,223 @@
+"""Typed run configuration: YAML file -> dataclasses, dotted command-line overrides, validation.
+
+Every error a user can make here (unknown key, wrong type, impossible value) raises ConfigError with
+one line that names the key and says what is allowed; train_ddp.py prints it and exits with status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+IMAGE_SIZES = (28, 32, 64)
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message is one line."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"            # torchvision layout: <root>/MNIST/raw/*-ubyte
+    image_size: int = 64          # 28, 32 or 64; images are resized once, at load time
+    download: bool = True         # try the download when files are missing (needs internet)
+
+
+@dataclass
+class ModelConfig:
+    nz: int = 100                 # latent size
+    ngf: int = 64                 # generator width
+    ndf: int = 64                 # discriminator width
+    sync_bn: bool = True          # synchronize BatchNorm statistics across processes (world size > 1)
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: bool = True  # targets real_label / fake_label for D instead of 1 / 0
+    real_label: float = 0.85
+    fake_label: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    max_steps: int = 0            # stop after this many optimizer steps in total (0: no limit)
+    batch_size: int = 128         # global batch, split evenly over processes
+    seed: int = 0
+    mixed_precision: str = "no"   # no | fp16 | bf16
+    cpu: bool = False             # force CPU even when CUDA is present
+    ema_decay: float = 0.999      # EMA of the generator's weights (samples and exported generator)
+    log_every: int = 50           # steps between scalar logs (the only host syncs in the loop)
+    checkpoint_every: int = 1000  # steps between checkpoints (one is also written at each epoch end)
+    keep_last: int = 3            # checkpoints kept in <run_dir>/checkpoints
+    out_dir: str = "runs"         # run directories are created here, auto-numbered
+    run_dir: str = ""             # use exactly this run directory instead (requeued cluster jobs)
+    resume: str = ""              # "" | latest | path to a checkpoint file
+    num_samples: int = 64         # images in the fixed-noise sample grid
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "dcgan"           # used in the run directory's name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict:
+        """{'train.epochs': 30, ...}: for TensorBoard hyperparameters."""
+        out = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a Config from nested dicts (YAML) and "a.b=value" strings (command line)
+
+def _allowed_keys(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _coerce(key: str, value, typ):
+    """Check or convert one value to the field's declared type; ConfigError names the key otherwise."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config field type {typ} for {key}")
+
+
+def _update(obj, values: dict, prefix: str = "") -> None:
+    """Set fields of dataclass `obj` from a nested dict, recursing into sub-configs."""
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+            raise ConfigError(f"unknown key '{key}': {where} allows {_allowed_keys(type(obj))}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: is a section, expected keys ({_allowed_keys(type(current))})")
+            _update(current, value, prefix=f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def parse_override(text: str) -> dict:
+    """'train.epochs=2' -> {'train': {'epochs': 2}}; the value is read as YAML (so 2, 1e-4, true work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.epochs=2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key (e.g. train.epochs=2)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults <- YAML file <- overrides, then validate."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, loss, train)")
+        values.setdefault("name", path.stem)
+        _update(cfg, values)
+    for text in overrides:
+        _update(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Reject impossible values; world_size is checked once it is known (after distributed init)."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.data.image_size in IMAGE_SIZES,
+         f"data.image_size={cfg.data.image_size} is not supported: use one of {', '.join(map(str, IMAGE_SIZES))}")
+    for key in ("model.nz", "model.ngf", "model.ndf", "train.batch_size", "train.log_every",
+                "train.checkpoint_every", "train.keep_last", "train.num_samples"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value >= 1, f"{key}={value} must be a positive integer")
+    need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
+    need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
+    need(cfg.train.mixed_precision in PRECISIONS,
+         f"train.mixed_precision='{cfg.train.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
+    for key in ("optim.lr_g", "optim.lr_d"):
+        value = getattr(cfg.optim, key.split(".")[1])
+        need(value > 0, f"{key}={value} must be positive")
+    for key in ("optim.beta1", "optim.beta2", "train.ema_decay"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(0 <= value < 1, f"{key}={value} must be in [0, 1)")
+    for key in ("loss.real_label", "loss.fake_label"):
+        value = getattr(cfg.loss, key.split(".")[1])
+        need(0 <= value <= 1, f"{key}={value} must be in [0, 1]")
+    need(cfg.train.batch_size % world_size == 0,
+         f"train.batch_size={cfg.train.batch_size} is not divisible by the world size {world_size}: "
+         f"use a multiple of {world_size}")

@@ -1,0 +1,74 @@
+"""DCGAN generator and discriminator (Radford et al. 2016), sized for 28, 32 or 64 pixel images.
+
+Depth follows the image size: the generator starts from a `base` x `base` map (4, or 7 for 28 px) and
+doubles it until the image size is reached; the discriminator mirrors it. Width doubles per level from
+ngf / ndf, as in PyTorch's examples/dcgan. The discriminator returns logits: the loss applies the sigmoid
+(BCE-with-logits), which stays finite under fp16 autocast where Sigmoid + BCELoss does not.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def layout(image_size: int) -> tuple[int, int]:
+    """(base, levels): image_size == base * 2**levels, base 4 (or 7 for MNIST's native 28)."""
+    base = 7 if image_size % 7 == 0 else 4
+    levels = (image_size // base).bit_length() - 1
+    if base * 2 ** levels != image_size or levels < 2:
+        raise ValueError(f"image size {image_size} is not 4*2^k or 7*2^k (k >= 2)")
+    return base, levels
+
+
+class Generator(nn.Module):
+    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1):
+        super().__init__()
+        base, levels = layout(image_size)
+        self.image_size, self.nz = image_size, nz
+        width = ngf * 2 ** (levels - 1)
+        layers = [nn.ConvTranspose2d(nz, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z.view(z.shape[0], self.nz, 1, 1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1):
+        super().__init__()
+        base, levels = layout(image_size)
+        self.image_size = image_size
+        # No BatchNorm on the input layer (DCGAN paper, section 3).
+        layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        width = ndf
+        for _ in range(levels - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            width *= 2
+        layers += [nn.Conv2d(width, 1, base, 1, 0, bias=False)]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten()  # one logit per image
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN init: conv weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) and shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build_models(image_size: int, nz: int, ngf: int, ndf: int) -> tuple[Generator, Discriminator]:
+    generator = Generator(image_size, nz, ngf)
+    discriminator = Discriminator(image_size, ndf)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    return generator, discriminator

@@ -1,0 +1,106 @@
+"""What a run tells its user: console and train.log lines, TensorBoard scalars and images, PNG grids.
+
+Only the main process writes anything; every method is a no-op elsewhere.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+# The health check of seed 002: a DCGAN that trains well keeps D(x) roughly in 0.7-0.9, D(G(z)) above 0.1
+# (G still fools D sometimes) and loss_D away from 0 (D has not won outright).
+HEALTHY_D_X = (0.7, 0.9)
+MIN_D_G_Z = 0.1
+MIN_LOSS_D = 0.1
+
+
+@dataclass
+class Health:
+    d_x: float
+    d_g_z: float
+    loss_d: float
+
+    def problems(self) -> list[str]:
+        found = []
+        if not HEALTHY_D_X[0] <= self.d_x <= HEALTHY_D_X[1]:
+            found.append(f"D(x)={self.d_x:.2f} outside {HEALTHY_D_X[0]}-{HEALTHY_D_X[1]}")
+        if self.d_g_z < MIN_D_G_Z:
+            found.append(f"D(G(z))={self.d_g_z:.2f} below {MIN_D_G_Z} (D is winning)")
+        if self.loss_d < MIN_LOSS_D:
+            found.append(f"loss_D={self.loss_d:.3f} collapsing to 0")
+        return found
+
+    def verdict(self) -> str:
+        problems = self.problems()
+        return "healthy" if not problems else "WARNING " + "; ".join(problems)
+
+
+class RunLog:
+    def __init__(self, accelerator, run_dir: Path):
+        self.accelerator = accelerator
+        self.run_dir = Path(run_dir)
+        self.enabled = accelerator.is_main_process
+        self._file = open(self.run_dir / "train.log", "a", buffering=1) if self.enabled else None
+        self._bar = None
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        self._file.write(line + "\n")
+        tqdm.write(line)
+
+    def progress(self, total: int, initial: int) -> None:
+        self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None if self.enabled else True)  # None: off when not a terminal (batch logs)
+
+    def advance(self, postfix: dict | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+
+    def scalars(self, values: dict, step: int) -> None:
+        self.accelerator.log(values, step=step)  # the tracker itself only acts on the main process
+
+    def image_grids(self, grids: dict[str, torch.Tensor], step: int) -> None:
+        """Each grid (C, H, W) in [0, 1] goes to TensorBoard and to samples/<name>-<step>.png."""
+        if not self.enabled:
+            return
+        writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        for name, grid in grids.items():
+            writer.add_image(name, grid, global_step=step)
+            save_image(grid, folder / f"{name.replace('/', '_')}-{step:08d}.png")
+        writer.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._file is not None:
+            self._file.close()
+
+
+@torch.no_grad()
+def sample_grids(generator, ema, fixed_noise: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fixed-noise grids of G and of its EMA (eval mode: BN running statistics), and real | fake side by side."""
+    was_training = generator.training
+    generator.eval()
+    fake = generator(fixed_noise).float()
+    fake_ema = ema(fixed_noise).float()
+    generator.train(was_training)
+    nrow = max(1, int(len(fixed_noise) ** 0.5))
+
+    def grid(images):
+        return make_grid(images.cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+
+    n = min(len(real), len(fake_ema))
+    real_grid, fake_grid = grid(real[:n].float()), grid(fake_ema[:n])
+    gap = torch.ones(3, real_grid.shape[1], 8)
+    comparison = torch.cat([real_grid, gap, fake_grid], dim=2)  # real left, EMA fakes right
+    return {"samples/generator": grid(fake), "samples/ema": grid(fake_ema), "samples/real_vs_fake": comparison}

@@ -1,0 +1,238 @@
+"""The training loop: one readable function, the same code on 1 CPU, 1 GPU or N processes.
+
+Accelerate starts the processes' communication, wraps G and D in DistributedDataParallel and handles mixed
+precision; everything else is plain PyTorch. The global batch (train.batch_size) is split evenly over the
+processes, so N processes train like one process with the whole batch (BatchNorm synchronized).
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+
+from . import checkpoint as ckpt
+from . import rundir
+from .config import Config, ConfigError, validate
+from .data import epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
+from .ema import make_ema, update_ema
+from .losses import discriminator_loss, generator_loss
+from .models import build_models
+from .reporting import Health, RunLog, sample_grids
+from .sync_batchnorm import convert_sync_batchnorm
+
+
+def use_cpu(cfg: Config) -> bool:
+    # Without CUDA, cpu=True makes a torchrun-started job use gloo and still run distributed.
+    cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if cfg.train.mixed_precision == "fp16" and cpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU: use bf16 or no on CPU")
+    return cpu
+
+
+def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
+    return Accelerator(
+        cpu=use_cpu(cfg),
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+        # D runs twice (real, fake) before one backward: DDP's default buffer broadcast at each forward would
+        # overwrite BN buffers in place between them. Synced BN keeps the buffers equal on every rank anyway.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+def resolve_run_dir(cfg: Config, state: PartialState) -> tuple[Path, Path | None]:
+    """The main process picks (and creates) the run dir; every process gets the same answer, or the same error."""
+    answer = [None, None, None]
+    if state.is_main_process:
+        try:
+            run_dir, resume_from = rundir.resolve(cfg.train.out_dir, cfg.train.run_dir, cfg.name, cfg.train.resume)
+            answer = [str(run_dir), str(resume_from) if resume_from else None, None]
+        except ckpt.CheckpointError as exc:
+            answer = [None, None, str(exc)]
+    if state.num_processes > 1:
+        broadcast_object_list(answer, from_process=0)
+    if answer[2]:
+        raise ckpt.CheckpointError(answer[2])
+    return Path(answer[0]), (Path(answer[1]) if answer[1] else None)
+
+
+def rng_state(noise_generator: torch.Generator) -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state(), "noise": noise_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng_state(state: dict, noise_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    noise_generator.set_state(state["noise"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: Config) -> Path:
+    """Train a DCGAN as configured; returns the run directory."""
+    state = PartialState(cpu=use_cpu(cfg))  # starts the process group (gloo on CPU, NCCL on GPUs)
+    validate(cfg, world_size=state.num_processes)
+    run_dir, resume_from = resolve_run_dir(cfg, state)
+    accelerator = make_accelerator(cfg, run_dir)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    log = RunLog(accelerator, run_dir)
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    accelerator.init_trackers("tensorboard", config=cfg.flat())
+    set_seed(cfg.train.seed)
+
+    # ---- data: the whole training set on the device, resized once -----------------------------------
+    with accelerator.main_process_first():  # a download, if any, happens once
+        digits = load_mnist_uint8(cfg.data.root, train=True, download=cfg.data.download)
+    images = to_training_images(digits, cfg.data.image_size, device)
+    global_batch, local_batch = cfg.train.batch_size, cfg.train.batch_size // world
+    per_epoch = steps_per_epoch(len(images), global_batch)
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size={global_batch} is larger than the {len(images)} training images")
+    total_steps = cfg.train.epochs * per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    # ---- models and optimizers ------------------------------------------------------------------------
+    G, D = build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
+    ema = make_ema(G).to(device)  # plain BatchNorm: only ever used in eval mode
+    if world > 1 and cfg.model.sync_bn:
+        G = convert_sync_batchnorm(G, use_cuda_sync_bn=device.type == "cuda")
+        D = convert_sync_batchnorm(D, use_cuda_sync_bn=device.type == "cuda")
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+
+    # Every process draws the noise of the whole global batch and keeps its slice: the run then does not
+    # depend on the number of processes, and one generator state makes resume exact.
+    noise_generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    fixed_noise = torch.randn(cfg.train.num_samples, cfg.model.nz,
+                              generator=torch.Generator().manual_seed(cfg.train.seed + 1)).to(device)
+    real_label = cfg.loss.real_label if cfg.loss.label_smoothing else 1.0
+    fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
+
+    step = 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from)
+        ckpt.check_compatible(state["config"], cfg.flat(), resume_from)
+        ckpt.load_state(G_raw, state["generator"], "generator", resume_from)
+        ckpt.load_state(D_raw, state["discriminator"], "discriminator", resume_from)
+        ckpt.load_state(ema, state["ema"], "EMA generator", resume_from)
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"], noise_generator)
+        step = state["step"]
+        log.info(f"resumed from {resume_from} at step {step}")
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:
+            state = {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "ema": ema.state_dict(),
+                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                     "step": step, "epoch": step // per_epoch, "rng": rng_state(noise_generator),
+                     "config": cfg.to_dict()}
+            path = ckpt.save_checkpoint(state, run_dir, step, cfg.train.keep_last)
+            log.info(f"checkpoint {path}")
+
+    def report_epoch(epoch: int, sums: torch.Tensor, count: int) -> None:
+        loss_d, _, d_x, d_g_z = (accelerator.reduce(sums, "mean") / max(count, 1)).tolist()
+        health = Health(d_x=d_x, d_g_z=d_g_z, loss_d=loss_d)
+        log.scalars({"health/ok": float(not health.problems()), "health/D_x": d_x, "health/D_G_z": d_g_z,
+                     "health/loss_D": loss_d, "epoch": epoch + 1}, step=step)
+        log.info(f"epoch {epoch + 1}/{cfg.train.epochs} step {step}: {health.verdict()}")
+        log.image_grids(sample_grids(G_raw, ema, fixed_noise, images[: cfg.train.num_samples]), step=step)
+
+    log.info(f"run dir {run_dir}: {world} process(es) on {device.type}, global batch {global_batch} "
+             f"({local_batch} per process), {per_epoch} steps/epoch, {total_steps} steps, "
+             f"precision {cfg.train.mixed_precision}, synced BN {world > 1 and cfg.model.sync_bn}")
+    log.progress(total=total_steps, initial=step)
+    # Running sums stay on the device; they reach the host only every log_every steps.
+    sums = torch.zeros(4, device=device)        # loss_D, loss_G, D(x), D(G(z)) since the last log
+    epoch_sums = torch.zeros(4, device=device)  # the same since the epoch (or the resume) began
+    epoch_count, skipped_d, skipped_g = 0, 0, 0
+    last_log_step, last_log_time = step, time.perf_counter()
+
+    while step < total_steps:
+        epoch = step // per_epoch
+        batches = epoch_indices(len(images), global_batch, rank, world, cfg.train.seed, epoch).to(device)
+        for i in range(step % per_epoch, per_epoch):
+            real = images[batches[i]]
+            z = torch.randn(global_batch, cfg.model.nz, generator=noise_generator, device=device)
+            z = z[rank * local_batch:(rank + 1) * local_batch]
+
+            # (1) D: maximize log D(x) + log(1 - D(G(z))) on real images and detached fakes.
+            with accelerator.autocast():
+                fake = G(z)
+                real_logits, fake_logits = D(real), D(fake.detach())
+                loss_d = discriminator_loss(real_logits, fake_logits, real_label, fake_label)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            opt_d.step()
+
+            # (2) G: maximize log D(G(z)). D is called unwrapped and frozen: no gradients for D's
+            # parameters and no DDP all-reduce of gradients nobody uses; G's DDP still syncs G.
+            D_raw.requires_grad_(False)
+            with accelerator.autocast():
+                loss_g = generator_loss(D_raw(fake))
+            opt_g.zero_grad(set_to_none=True)
+            accelerator.backward(loss_g)
+            opt_g.step()
+            D_raw.requires_grad_(True)
+            update_ema(ema, G_raw, cfg.train.ema_decay, step)
+            step += 1
+
+            stats = torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
+                                 torch.sigmoid(fake_logits.detach().float()).mean()])
+            sums += stats
+            epoch_sums += stats
+            epoch_count += 1
+            if accelerator.scaler is not None:  # the scaler's step already synced with the host
+                skipped_d += opt_d.step_was_skipped
+                skipped_g += opt_g.step_was_skipped
+            log.advance()
+
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                n = step - last_log_step
+                loss_d_v, loss_g_v, d_x, d_g_z = (accelerator.reduce(sums, "mean") / n).tolist()
+                now = time.perf_counter()
+                values = {"loss/D": loss_d_v, "loss/G": loss_g_v, "D(x)": d_x, "D(G(z))": d_g_z,
+                          "perf/img_per_s": n * global_batch / (now - last_log_time), "epoch": epoch + 1}
+                if accelerator.scaler is not None:
+                    values.update({"amp/loss_scale": accelerator.scaler.get_scale(),
+                                   "amp/skipped_steps_D": skipped_d, "amp/skipped_steps_G": skipped_g})
+                log.scalars(values, step=step)
+                log.info(f"step {step}/{total_steps} loss_D {loss_d_v:.3f} loss_G {loss_g_v:.3f} "
+                         f"D(x) {d_x:.3f} D(G(z)) {d_g_z:.3f} {values['perf/img_per_s']:.0f} img/s")
+                sums.zero_()
+                last_log_step, last_log_time = step, time.perf_counter()
+
+            end_of_epoch = step % per_epoch == 0
+            if end_of_epoch or step == total_steps:
+                report_epoch(epoch, epoch_sums, epoch_count)
+                epoch_sums.zero_()
+                epoch_count = 0
+            if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == total_steps:
+                save(step)
+            if step >= total_steps:
+                break
+
+    if accelerator.is_main_process:
+        ckpt.atomic_save(ema.state_dict(), run_dir / "generator.pt")
+        ckpt.atomic_save(D_raw.state_dict(), run_dir / "discriminator.pt")
+        log.info(f"done: {step} steps; generator (EMA) and discriminator in {run_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    log.close()
+    return run_dir
+
