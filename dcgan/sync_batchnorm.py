@@ -1,17 +1,34 @@
 """Synchronized BatchNorm: batch statistics over the global batch, not each process's shard.
 
 On CUDA this is torch.nn.SyncBatchNorm. torch refuses that module on CPU/gloo, so on CPU we use
-AllReduceBatchNorm2d, which computes the same statistics with autograd-aware collectives
-(torch.distributed.nn.functional.all_reduce): its backward all-reduces the gradients of the statistics,
-exactly like SyncBatchNorm's, so N processes x batch B/N train like 1 process x batch B.
+AllReduceBatchNorm2d, which computes the same statistics with an autograd-aware all-reduce: its backward
+all-reduces the gradients of the statistics, exactly like SyncBatchNorm's, so N processes x batch B/N train
+like 1 process x batch B. (torch.distributed.nn.functional.all_reduce does the same but is deprecated
+since torch 2.14; the ten lines of _AllReduceSum keep us off private APIs.)
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over processes of x. Every process's loss depends on every x, so dL/dx is the sum of the
+    processes' gradients with respect to y: the backward is an all-reduce too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
@@ -25,7 +42,7 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
         local_count = torch.full((1,), x.numel() // channels, dtype=torch.float32, device=x.device)
         # One collective carries count, sum and sum of squares.
         stats = torch.cat([local_count, x32.sum(dim=(0, 2, 3)), (x32 * x32).sum(dim=(0, 2, 3))])
-        stats = dist_fn.all_reduce(stats, op=dist.ReduceOp.SUM)
+        stats = _AllReduceSum.apply(stats)
         count, total, total_sq = stats[0], stats[1:1 + channels], stats[1 + channels:]
         mean = total / count
         var = (total_sq / count - mean * mean).clamp_min(0.0)  # biased, used to normalize

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +37,9 @@ def use_cpu(cfg: Config) -> bool:
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
+    # torch 2.14 suggests forward_sync_buffers=False instead, which Accelerate's DDP kwargs do not expose yet;
+    # broadcast_buffers=False is still honoured and is what we mean.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     return Accelerator(
         cpu=use_cpu(cfg),
         mixed_precision=cfg.train.mixed_precision,
@@ -75,8 +80,17 @@ def restore_rng_state(state: dict, noise_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(cfg: Config) -> Path:
-    """Train a DCGAN as configured; returns the run directory."""
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    generator: torch.nn.Module       # unwrapped, on the training device
+    discriminator: torch.nn.Module
+    ema: torch.nn.Module
+
+
+def train(cfg: Config) -> TrainResult:
+    """Train a DCGAN as configured; every process returns its own models (for checks across processes)."""
     state = PartialState(cpu=use_cpu(cfg))  # starts the process group (gloo on CPU, NCCL on GPUs)
     validate(cfg, world_size=state.num_processes)
     run_dir, resume_from = resolve_run_dir(cfg, state)
@@ -234,5 +248,5 @@ def train(cfg: Config) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     log.close()
-    return run_dir
+    return TrainResult(run_dir, step, G_raw, D_raw, ema)
 

@@ -1,0 +1,88 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, subprocess_env
+from dcgan.config import ConfigError, load_config, parse_override, validate
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
+def test_paper_config_values():
+    cfg = load_config(ROOT / "configs" / "mnist64.yaml")
+    assert (cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf) == (64, 100, 64, 64)
+    assert (cfg.optim.beta1, cfg.optim.lr_g, cfg.train.batch_size) == (0.5, 2e-4, 128)
+    assert (cfg.loss.real_label, cfg.loss.fake_label) == (0.85, 0.2)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "configs" / "mnist32.yaml",
+                      ["train.epochs=2", "data.root=../shared/data", "optim.lr_g=1e-4", "loss.label_smoothing=false"])
+    assert cfg.train.epochs == 2 and cfg.data.root == "../shared/data"
+    assert cfg.optim.lr_g == 1e-4 and isinstance(cfg.optim.lr_g, float)
+    assert cfg.loss.label_smoothing is False
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+@pytest.mark.parametrize("override, names", [
+    ("train.epochz=2", "train.epochz"),
+    ("trian.epochs=2", "trian"),
+    ("train.epochs=two", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("data.image_size=48", "data.image_size"),
+    ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("optim.lr_d=-1", "optim.lr_d"),
+    ("optim.beta1=1.5", "optim.beta1"),
+    ("model.sync_bn=maybe", "model.sync_bn"),
+    ("train=3", "train"),
+    ("epochs", "key=value"),
+])
+def test_bad_values_name_the_key(override, names):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "mnist32.yaml", [override])
+    message = str(err.value)
+    assert names in message and "\n" not in message
+
+
+def test_batch_must_split_over_processes():
+    cfg = load_config(None, ["train.batch_size=128"])
+    validate(cfg, world_size=2)
+    with pytest.raises(ConfigError, match="train.batch_size=128 is not divisible by the world size 3"):
+        validate(cfg, world_size=3)
+
+
+def test_bad_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("train:\n  batch_sise: 64\n")
+    with pytest.raises(ConfigError, match="unknown key 'train.batch_sise'"):
+        load_config(bad)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "train_ddp.py"), *args], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_error_is_one_line():
+    result = cli("--config", "configs/mnist32.yaml", "train.batch_size=abc")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: train.batch_size: expected an integer, got 'abc'"]
+    assert cli("--config", "configs/nope.yaml").stderr.startswith("error: config file configs/nope.yaml does not exist")
+
+
+def test_cli_dry_run_prints_resolved_config():
+    result = cli("--config", "configs/mnist32.yaml", "--dry-run", "train.epochs=7")
+    assert result.returncode == 0, result.stderr
+    import yaml
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["train"]["epochs"] == 7 and resolved["data"]["image_size"] == 32

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from dcgan.models import Discriminator, Generator, build_models, layout
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_shapes_for_every_image_size(size):
+    G, D = build_models(size, nz=100, ngf=16, ndf=16)
+    images = G(torch.randn(5, 100))
+    assert images.shape == (5, 1, size, size)
+    assert images.min() >= -1 and images.max() <= 1          # Tanh output, same range as the data
+    logits = D(images)
+    assert logits.shape == (5,)                              # one logit per image, no sigmoid
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in D.modules())  # logits: the loss applies the sigmoid
+
+
+def test_depth_follows_image_size():
+    assert layout(64) == (4, 4) and layout(32) == (4, 3) and layout(28) == (7, 2)
+    n_transposed = lambda g: sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert n_transposed(Generator(64)) == 5 and n_transposed(Generator(32)) == 4 and n_transposed(Generator(28)) == 3
+    with pytest.raises(ValueError):
+        layout(48)
+
+
+def test_paper_architecture_at_64():
+    G, D = build_models(64, nz=100, ngf=64, ndf=64)
+    widths = [m.out_channels for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert widths == [512, 256, 128, 64, 1]
+    assert [m.out_channels for m in D.modules() if isinstance(m, torch.nn.Conv2d)] == [64, 128, 256, 512, 1]
+    first_bn = [type(m) for m in D.main][:3]
+    assert torch.nn.BatchNorm2d not in first_bn[:2]          # no BN on D's input layer
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    G, D = build_models(64, nz=100, ngf=64, ndf=64)
+    convs = torch.cat([m.weight.flatten() for m in list(G.modules()) + list(D.modules())
+                       if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+    assert abs(convs.mean().item()) < 1e-3 and abs(convs.std().item() - 0.02) < 1e-3
+    bns = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
+    scales = torch.cat([m.weight for m in bns])
+    assert abs(scales.mean().item() - 1) < 5e-3 and abs(scales.std().item() - 0.02) < 5e-3
+    assert all(torch.all(m.bias == 0) for m in bns)
