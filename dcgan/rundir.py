@@ -39,8 +39,11 @@ def resolve(out_dir: str, run_dir: str, name: str, resume: str) -> tuple[Path, P
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise CheckpointError(f"train.resume={resume}: no such file (use 'latest' or a path to a ckpt-*.pt)")
+        if run_dir:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            return Path(run_dir), ckpt
         home = ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else None
-        return (Path(run_dir) if run_dir else home or new_run_dir(Path(out_dir), name)), ckpt
+        return (home or new_run_dir(Path(out_dir), name)), ckpt
     if run_dir:
         target = Path(run_dir)
         target.mkdir(parents=True, exist_ok=True)

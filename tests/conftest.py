@@ -66,12 +66,13 @@ def subprocess_env() -> dict:
     return env
 
 
-def train_command(overrides: list[str], nproc: int = 1, script: str = "train_ddp.py", port: int | None = None) -> list[str]:
+def train_command(overrides: list[str], nproc: int = 1, script: str = "train_ddp.py") -> list[str]:
     target = str(ROOT / script)
     if nproc == 1:
         return [sys.executable, target, *overrides]
-    rdzv = [f"--master_port={port}"] if port else ["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0"]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *rdzv, target, *overrides]
+    # torchrun --standalone: a local rendezvous on a free port, so tests never collide on 29500
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            target, *overrides]
 
 
 def run_train(overrides: list[str], nproc: int = 1, script: str = "train_ddp.py", timeout: int = 300,
