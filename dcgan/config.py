@@ -106,20 +106,14 @@ def _coerce(key: str, value, typ):
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ in (int, float):
+        expected, accepted = ("an integer", (int, str)) if typ is int else ("a number", (int, float, str))
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         try:
-            return int(value)
+            return typ(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}") from None
     if typ is str:
         if value is None:
             return ""

@@ -6,6 +6,7 @@ processes, so N processes train like one process with the whole batch (BatchNorm
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 import warnings
@@ -26,6 +27,16 @@ from .losses import discriminator_loss, generator_loss
 from .models import build_models
 from .reporting import Health, RunLog, sample_grids
 from .sync_batchnorm import convert_sync_batchnorm
+
+
+def apply_launcher_settings(cfg: Config) -> None:
+    """Honour `accelerate launch --mixed_precision X / --cpu` (they arrive as environment variables) when the
+    config leaves the choice open, and record the effective values in cfg so config.yaml tells the truth."""
+    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if cfg.train.mixed_precision == "no" and launcher_precision in ("fp16", "bf16"):
+        cfg.train.mixed_precision = launcher_precision
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        cfg.train.cpu = True
 
 
 def use_cpu(cfg: Config) -> bool:
@@ -80,6 +91,46 @@ def restore_rng_state(state: dict, noise_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def build_training_objects(cfg: Config, accelerator: Accelerator):
+    """G, D (prepared: on the device, DDP-wrapped when distributed), the EMA generator and both optimizers."""
+    G, D = build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
+    ema = make_ema(G).to(accelerator.device)  # plain BatchNorm: only ever used in eval mode
+    if accelerator.num_processes > 1 and cfg.model.sync_bn:
+        cuda = accelerator.device.type == "cuda"
+        G, D = convert_sync_batchnorm(G, use_cuda_sync_bn=cuda), convert_sync_batchnorm(D, use_cuda_sync_bn=cuda)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    return G, D, ema, opt_g, opt_d
+
+
+def train_step(accelerator: Accelerator, G, D, D_raw, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor,
+               real_label: float, fake_label: float) -> torch.Tensor:
+    """One D update and one G update; returns [loss_D, loss_G, D(x), D(G(z))] as a device tensor (no host sync)."""
+    # (1) D: maximize log D(x) + log(1 - D(G(z))) on real images and detached fakes.
+    with accelerator.autocast():
+        fake = G(z)
+        real_logits, fake_logits = D(real), D(fake.detach())
+        loss_d = discriminator_loss(real_logits, fake_logits, real_label, fake_label)
+    opt_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_d)
+    opt_d.step()
+
+    # (2) G: maximize log D(G(z)). D is called unwrapped and frozen: no gradients for D's parameters and
+    # no DDP all-reduce of gradients nobody uses; G's DDP wrapper still averages G's gradients.
+    D_raw.requires_grad_(False)
+    with accelerator.autocast():
+        loss_g = generator_loss(D_raw(fake))
+    opt_g.zero_grad(set_to_none=True)
+    accelerator.backward(loss_g)
+    opt_g.step()
+    D_raw.requires_grad_(True)
+
+    d_x, d_g_z = torch.sigmoid(real_logits.detach().float()).mean(), torch.sigmoid(fake_logits.detach().float()).mean()
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -91,6 +142,7 @@ class TrainResult:
 
 def train(cfg: Config) -> TrainResult:
     """Train a DCGAN as configured; every process returns its own models (for checks across processes)."""
+    apply_launcher_settings(cfg)
     state = PartialState(cpu=use_cpu(cfg))  # starts the process group (gloo on CPU, NCCL on GPUs)
     validate(cfg, world_size=state.num_processes)
     run_dir, resume_from = resolve_run_dir(cfg, state)
@@ -115,15 +167,7 @@ def train(cfg: Config) -> TrainResult:
         total_steps = min(total_steps, cfg.train.max_steps)
 
     # ---- models and optimizers ------------------------------------------------------------------------
-    G, D = build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
-    ema = make_ema(G).to(device)  # plain BatchNorm: only ever used in eval mode
-    if world > 1 and cfg.model.sync_bn:
-        G = convert_sync_batchnorm(G, use_cuda_sync_bn=device.type == "cuda")
-        D = convert_sync_batchnorm(D, use_cuda_sync_bn=device.type == "cuda")
-    betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    G, D, ema, opt_g, opt_d = build_training_objects(cfg, accelerator)
     G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
 
     # Every process draws the noise of the whole global batch and keeps its slice: the run then does not
@@ -185,29 +229,10 @@ def train(cfg: Config) -> TrainResult:
             z = torch.randn(global_batch, cfg.model.nz, generator=noise_generator, device=device)
             z = z[rank * local_batch:(rank + 1) * local_batch]
 
-            # (1) D: maximize log D(x) + log(1 - D(G(z))) on real images and detached fakes.
-            with accelerator.autocast():
-                fake = G(z)
-                real_logits, fake_logits = D(real), D(fake.detach())
-                loss_d = discriminator_loss(real_logits, fake_logits, real_label, fake_label)
-            opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(loss_d)
-            opt_d.step()
-
-            # (2) G: maximize log D(G(z)). D is called unwrapped and frozen: no gradients for D's
-            # parameters and no DDP all-reduce of gradients nobody uses; G's DDP still syncs G.
-            D_raw.requires_grad_(False)
-            with accelerator.autocast():
-                loss_g = generator_loss(D_raw(fake))
-            opt_g.zero_grad(set_to_none=True)
-            accelerator.backward(loss_g)
-            opt_g.step()
-            D_raw.requires_grad_(True)
+            stats = train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, real_label, fake_label)
             update_ema(ema, G_raw, cfg.train.ema_decay, step)
             step += 1
 
-            stats = torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
-                                 torch.sigmoid(fake_logits.detach().float()).mean()])
             sums += stats
             epoch_sums += stats
             epoch_count += 1

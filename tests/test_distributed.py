@@ -1,19 +1,18 @@
 """Real multi-process runs (torchrun, gloo on CPU): ranks stay identical, and synced BatchNorm makes
 2 processes x batch B/2 train like 1 process x batch B."""
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
+from conftest import TINY, load_ckpt, only_run_dir, run_train
 
 pytestmark = pytest.mark.distributed
 
 
 def test_two_processes_stay_identical(mnist_root, tmp_path):
     report_path = tmp_path / "report.json"
-    result = run_train([str(report_path)] + TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}",
+    run_train([str(report_path)] + TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}",
                                                    "train.max_steps=6"], nproc=2, script="tests/helpers/ddp_check.py")
     report = json.loads(report_path.read_text())
     assert report["world_size"] == 2 and report["step"] == 6

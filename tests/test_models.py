@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dcgan.models import Discriminator, Generator, build_models, layout
+from dcgan.models import Generator, build_models, layout
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])

@@ -1,0 +1,93 @@
+"""Training throughput of the real training step (dcgan.training.train_step), in images/s and peak memory.
+
+    python -m bench.throughput --config configs/mnist64.yaml
+    python -m bench.throughput --config configs/mnist32.yaml --steps 50 train.mixed_precision=bf16
+
+Images/s counts real images consumed per second, each step doing one D and one G update on the global batch.
+Warm-up steps are excluded; the figure is the median over repeats. Data are random tensors already on the
+device, as the trainer's are (it indexes one device tensor), so this measures the step itself.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from accelerate import Accelerator
+
+from dcgan.config import load_config
+from dcgan.training import build_training_objects, train_step, use_cpu
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg, steps: int, warmup: int, repeats: int) -> dict:
+    accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    device, batch = accelerator.device, cfg.train.batch_size
+    torch.manual_seed(cfg.train.seed)
+    G, D, _, opt_g, opt_d = build_training_objects(cfg, accelerator)
+    D_raw = accelerator.unwrap_model(D)
+    size = cfg.data.image_size
+    images = torch.rand(batch * 4, 1, size, size, device=device) * 2 - 1
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run(n: int) -> float:
+        sync(device)
+        start = time.perf_counter()
+        for i in range(n):
+            real = images[(i % 4) * batch:(i % 4 + 1) * batch]
+            z = torch.randn(batch, cfg.model.nz, device=device)
+            stats = train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, 0.85, 0.2)
+        stats.sum().item()  # one host sync at the end, as the trainer does at its log interval
+        sync(device)
+        return n * batch / (time.perf_counter() - start)
+
+    run(warmup)
+    rates = [run(steps) for _ in range(repeats)]
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"img_per_s": statistics.median(rates), "rates": rates, "peak_mib": peak / 2**20,
+            "peak_kind": "CUDA allocated" if device.type == "cuda" else "process RSS", "device": device}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mnist64.yaml")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    result = measure(cfg, args.steps, args.warmup, args.repeats)
+    rates = ", ".join(f"{r:.0f}" for r in result["rates"])
+    print(f"{args.config} {size_desc(cfg)} on {device_name(result['device'])}: "
+          f"{result['img_per_s']:.0f} img/s (median of {rates}), peak {result['peak_kind']} {result['peak_mib']:.0f} MiB")
+
+
+def size_desc(cfg) -> str:
+    return (f"[{cfg.data.image_size}px ngf {cfg.model.ngf} ndf {cfg.model.ndf} batch {cfg.train.batch_size} "
+            f"precision {cfg.train.mixed_precision}]")
+
+
+if __name__ == "__main__":
+    main()
