@@ -145,6 +145,8 @@ def train(cfg: Config) -> TrainResult:
     apply_launcher_settings(cfg)
     state = PartialState(cpu=use_cpu(cfg))  # starts the process group (gloo on CPU, NCCL on GPUs)
     validate(cfg, world_size=state.num_processes)
+    with state.main_process_first():  # a download, if any, happens once; a data error leaves no empty run dir
+        digits = load_mnist_uint8(cfg.data.root, train=True, download=cfg.data.download)
     run_dir, resume_from = resolve_run_dir(cfg, state)
     accelerator = make_accelerator(cfg, run_dir)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -155,8 +157,6 @@ def train(cfg: Config) -> TrainResult:
     set_seed(cfg.train.seed)
 
     # ---- data: the whole training set on the device, resized once -----------------------------------
-    with accelerator.main_process_first():  # a download, if any, happens once
-        digits = load_mnist_uint8(cfg.data.root, train=True, download=cfg.data.download)
     images = to_training_images(digits, cfg.data.image_size, device)
     global_batch, local_batch = cfg.train.batch_size, cfg.train.batch_size // world
     per_epoch = steps_per_epoch(len(images), global_batch)
