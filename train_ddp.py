@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import yaml
@@ -31,7 +32,9 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         from dcgan.training import train  # imported late: --dry-run and config errors stay instant
-        train(cfg)
+        result = train(cfg)
+        if result.stopped_by:  # the shell convention for "ended by a signal": 128 + its number
+            return 128 + signal.Signals[result.stopped_by].value
     except (ConfigError, DataError, CheckpointError) as exc:
         rank = os.environ.get("RANK")
         prefix = f"error (rank {rank})" if rank not in (None, "0") else "error"

@@ -25,6 +25,7 @@ from .data import epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_
 from .ema import make_ema, update_ema
 from .losses import discriminator_loss, generator_loss
 from .models import build_models
+from .preemption import StopRequest
 from .reporting import Health, RunLog, sample_grids
 from .sync_batchnorm import convert_sync_batchnorm
 
@@ -138,6 +139,7 @@ class TrainResult:
     generator: torch.nn.Module       # unwrapped, on the training device
     discriminator: torch.nn.Module
     ema: torch.nn.Module
+    stopped_by: str = ""             # "SIGTERM"/"SIGUSR1" when a signal stopped the run early (checkpoint written)
 
 
 def train(cfg: Config) -> TrainResult:
@@ -214,6 +216,7 @@ def train(cfg: Config) -> TrainResult:
     log.info(f"run dir {run_dir}: {world} process(es) on {device.type}, global batch {global_batch} "
              f"({local_batch} per process), {per_epoch} steps/epoch, {total_steps} steps, "
              f"precision {cfg.train.mixed_precision}, synced BN {world > 1 and cfg.model.sync_bn}")
+    stop = StopRequest(distributed=world > 1)
     log.progress(total=total_steps, initial=step)
     # Running sums stay on the device; they reach the host only every log_every steps.
     sums = torch.zeros(4, device=device)        # loss_D, loss_G, D(x), D(G(z)) since the last log
@@ -261,8 +264,14 @@ def train(cfg: Config) -> TrainResult:
                 report_epoch(epoch, epoch_sums, epoch_count)
                 epoch_sums.zero_()
                 epoch_count = 0
-            if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == total_steps:
+            stopping = stop.agreed()
+            if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == total_steps or stopping:
                 save(step)
+            if stopping:
+                signal_name = stop.signal_name or "SIGTERM"  # another process got it; we stop with it
+                log.info(f"stopping at step {step} on {signal_name}: checkpoint written; "
+                         f"train.resume=latest continues from it")
+                return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema, signal_name))
             if step >= total_steps:
                 break
 
@@ -270,8 +279,13 @@ def train(cfg: Config) -> TrainResult:
         ckpt.atomic_save(ema.state_dict(), run_dir / "generator.pt")
         ckpt.atomic_save(D_raw.state_dict(), run_dir / "discriminator.pt")
         log.info(f"done: {step} steps; generator (EMA) and discriminator in {run_dir}")
+    return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema))
+
+
+def _finish(accelerator: Accelerator, log: RunLog, stop: StopRequest, result: TrainResult) -> TrainResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    stop.restore()
     log.close()
-    return TrainResult(run_dir, step, G_raw, D_raw, ema)
+    return result
 
