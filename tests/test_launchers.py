@@ -1,0 +1,57 @@
+"""The launchers of launch/: two "nodes" on one machine (two launcher invocations, node ranks 0 and 1)."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, load_ckpt, only_run_dir, subprocess_env
+
+pytestmark = pytest.mark.distributed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_nodes(commands_env: list[tuple[list[str], dict]], timeout: int = 300) -> None:
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, env in commands_env]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+
+
+def test_torchrun_two_nodes_one_machine(mnist_root, tmp_path):
+    port = free_port()
+    overrides = TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=6"]
+    nodes = []
+    for rank in (0, 1):
+        env = dict(subprocess_env(), NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), PYTHON=sys.executable)
+        nodes.append((["bash", "launch/torchrun.sh", *overrides], env))
+    run_nodes(nodes)
+    run_dir = only_run_dir(tmp_path)
+    assert "2 process(es) on cpu" in (run_dir / "train.log").read_text()
+    assert load_ckpt(run_dir)["step"] == 6
+
+
+def test_accelerate_multinode_config_two_cpu_machines(mnist_root, tmp_path):
+    port = free_port()
+    overrides = TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=6"]
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    nodes = []
+    for rank in (0, 1):
+        cmd = [accelerate, "launch", "--config_file", "launch/accelerate_multinode.yaml", "--cpu",
+               "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "train_ddp.py", *overrides]
+        # CPU machines: Accelerate reads each process's rank from RANK/WORLD_SIZE (as MPI or srun would set)
+        nodes.append((cmd, dict(subprocess_env(), RANK=str(rank), WORLD_SIZE="2")))
+    run_nodes(nodes)
+    run_dir = only_run_dir(tmp_path)
+    assert "2 process(es) on cpu" in (run_dir / "train.log").read_text()
+    assert load_ckpt(run_dir)["step"] == 6

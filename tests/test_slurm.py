@@ -1,0 +1,113 @@
+"""`sbatch slurm/train.sbatch` on a real SLURM cluster: 2 nodes (own network namespaces and addresses) x 1
+process, started by tests/slurm/local_slurm.sh. Skips where that cannot run (not root, no apt, no namespaces)."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, load_ckpt
+from test_resume import assert_same_state
+
+pytestmark = pytest.mark.slurm
+
+CLUSTER = ROOT / "tests" / "slurm" / "local_slurm.sh"
+STEPS = 96  # 6 epochs of 16 steps on the small IDX set
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    if os.geteuid() != 0:
+        pytest.skip("SLURM tests start daemons and network namespaces: they need root")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        pytest.skip("SLURM is not installed and apt-get is not available to install it")
+    env = dict(os.environ, LS_MODE="netns")
+    started = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(f"could not start the local SLURM cluster: {(started.stderr or started.stdout).strip().splitlines()[-1:]}")
+    conf = subprocess.run(["bash", str(CLUSTER), "env"], env=env, capture_output=True, text=True).stdout
+    env["SLURM_CONF"] = conf.strip().split("=", 1)[1]
+    env["PYTHON"] = sys.executable          # the launcher runs the trainer with this interpreter
+    env["PYTHONUNBUFFERED"] = "1"
+    yield env
+    subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def submit(env, run_dir: Path, overrides: list[str], nodes: int = 2) -> str:
+    out = subprocess.run(["sbatch", "--parsable", f"--nodes={nodes}", f"--output={run_dir.parent}/%x-%j.out",
+                          f"--export=ALL,RUN_DIR={run_dir}", "slurm/train.sbatch", *overrides],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def job_state(env, job: str) -> str:
+    text = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    return text.split("JobState=")[1].split()[0] if "JobState=" in text else ""
+
+
+def wait_job(env, job: str, timeout: float = 400) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(env, job)
+        if state and state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"):
+            return state
+        time.sleep(0.2)
+    return f"still {job_state(env, job)} after {timeout}s"
+
+
+def job_config(mnist_root) -> list[str]:
+    return TINY + [f"data.root={mnist_root}", "train.epochs=6", "train.checkpoint_every=8"]
+
+
+@pytest.fixture(scope="module")
+def baseline(slurm_env, mnist_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("slurm") / "baseline"
+    start = time.time()
+    job = submit(slurm_env, run_dir, job_config(mnist_root))
+    state = wait_job(slurm_env, job)
+    output = (run_dir.parent / f"dcgan-{job}.out").read_text()
+    assert state == "COMPLETED", output[-4000:]
+    print(f"2-node job: submit to finish {time.time() - start:.1f} s")
+    return run_dir, output
+
+
+def test_two_node_job_completes(baseline):
+    run_dir, output = baseline
+    assert "2 node(s) x 1 process(es)" in output
+    assert "2 process(es) on cpu, global batch 32 (16 per process)" in (run_dir / "train.log").read_text()
+    assert load_ckpt(run_dir)["step"] == STEPS
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "generator.pt").is_file()
+
+
+@pytest.mark.parametrize("interruption", ["requeue", "time_limit_signal"])
+def test_interrupted_job_resumes_and_matches_uninterrupted_run(slurm_env, baseline, mnist_root, interruption):
+    """requeue: `scontrol requeue` (what preemption does: SIGTERM to every process, then requeue).
+    time_limit_signal: SIGUSR1 to the batch shell only, as `--signal=B:USR1@120` sends it before the time
+    limit; the script forwards it, waits for the checkpoint and requeues the job itself."""
+    run_dir = baseline[0].parent / interruption
+    start = time.time()
+    job = submit(slurm_env, run_dir, job_config(mnist_root))
+    deadline = time.time() + 120
+    while not list((run_dir / "checkpoints").glob("ckpt-*.pt")):
+        assert time.time() < deadline and job_state(slurm_env, job) in ("PENDING", "CONFIGURING", "RUNNING"), \
+            "the job never wrote its first checkpoint"
+        time.sleep(0.1)
+    if interruption == "requeue":
+        subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    else:
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=slurm_env, check=True)
+    state = wait_job(slurm_env, job)
+    output = (run_dir.parent / f"dcgan-{job}.out").read_text()
+    assert state == "COMPLETED", output[-4000:]
+    print(f"{interruption} and resume: submit to finish {time.time() - start:.1f} s")
+    log = (run_dir / "train.log").read_text()
+    assert "restart 1:" in output and "stopping at step" in log and "resumed from" in log, output[-4000:]
+    stopped_at = int(log.split("stopping at step ")[1].split()[0])
+    assert f"resumed from {run_dir}/checkpoints/ckpt-{stopped_at:08d}.pt at step {stopped_at}" in log
+    final = load_ckpt(run_dir)
+    assert final["step"] == STEPS
+    assert_same_state(load_ckpt(baseline[0]), final)
