@@ -69,12 +69,25 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    every_epochs: int = 0         # evaluate the EMA generator every N epochs on the main process (0: off)
+    metrics: str = "clf_fid,coverage"   # see `python -m evaluation.fid --help`; classifier metrics are CPU-cheap
+    num_samples: int = 2000
+    reference: str = "test"       # MNIST split to compare with
+    best_metric: str = "clf_fid"  # keep <run_dir>/best.pt by this metric
+    patience: int = 0             # stop after this many evaluations without improvement (0: never)
+    classifier_weights: str = ""  # "" = newest in the cache (python -m evaluation.classifier)
+    inception_weights: str = ""   # for fid/kid offline
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = "dcgan"           # used in the run directory's name
 
     def to_dict(self) -> dict:
@@ -212,6 +225,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     for key in ("loss.real_label", "loss.fake_label"):
         value = getattr(cfg.loss, key.split(".")[1])
         need(0 <= value <= 1, f"{key}={value} must be in [0, 1]")
+    need(cfg.eval.every_epochs >= 0, f"eval.every_epochs={cfg.eval.every_epochs} must be 0 (off) or positive")
+    need(cfg.eval.patience >= 0, f"eval.patience={cfg.eval.patience} must be 0 (off) or positive")
+    need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
+    need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
     need(cfg.train.batch_size % world_size == 0,
          f"train.batch_size={cfg.train.batch_size} is not divisible by the world size {world_size}: "
          f"use a multiple of {world_size}")

@@ -180,6 +180,11 @@ def train(cfg: Config) -> TrainResult:
     real_label = cfg.loss.real_label if cfg.loss.label_smoothing else 1.0
     fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
 
+    evaluator = None
+    if cfg.eval.every_epochs:
+        from evaluation.during_training import PeriodicEvaluator  # measurement stays a separate package
+        evaluator = PeriodicEvaluator(cfg.eval, cfg.data.root, cfg.data.image_size, cfg.model.nz, device)
+
     step = 0
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from)
@@ -192,18 +197,39 @@ def train(cfg: Config) -> TrainResult:
         if accelerator.scaler is not None and state.get("scaler"):
             accelerator.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], noise_generator)
+        if evaluator and state.get("eval"):
+            evaluator.load_state_dict(state["eval"])
         step = state["step"]
         log.info(f"resumed from {resume_from} at step {step}")
 
+    def training_state(step: int) -> dict:
+        return {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "ema": ema.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "step": step, "epoch": step // per_epoch, "rng": rng_state(noise_generator), "config": cfg.to_dict(),
+                "eval": evaluator.state_dict() if evaluator else None}
+
     def save(step: int) -> None:
         if accelerator.is_main_process:
-            state = {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "ema": ema.state_dict(),
-                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                     "step": step, "epoch": step // per_epoch, "rng": rng_state(noise_generator),
-                     "config": cfg.to_dict()}
-            path = ckpt.save_checkpoint(state, run_dir, step, cfg.train.keep_last)
+            path = ckpt.save_checkpoint(training_state(step), run_dir, step, cfg.train.keep_last)
             log.info(f"checkpoint {path}")
+
+    def run_evaluation(step: int) -> bool:
+        """Main process: metrics of the EMA generator, best.pt; every process: whether to stop early."""
+        decision = [False]
+        if accelerator.is_main_process:
+            values = evaluator.evaluate(ema)
+            log.scalars({f"eval/{name}": value for name, value in values.items()}, step=step)
+            improved = evaluator.record(values)
+            if improved:
+                ckpt.atomic_save(training_state(step), run_dir / "best.pt")
+            shown = " ".join(f"{name} {value:.4g}" for name, value in values.items())
+            log.info(f"eval step {step}: {shown}; best {cfg.eval.best_metric} {evaluator.best:.4g}"
+                     f"{' (new best: best.pt)' if improved else f' ({evaluator.evaluations_since_best} without improvement)'}")
+            decision = [evaluator.should_stop()]
+        if world > 1:
+            broadcast_object_list(decision, from_process=0)
+        return decision[0]
 
     def report_epoch(epoch: int, sums: torch.Tensor, count: int) -> None:
         loss_d, _, d_x, d_g_z = (accelerator.reduce(sums, "mean") / max(count, 1)).tolist()
@@ -223,6 +249,7 @@ def train(cfg: Config) -> TrainResult:
     epoch_sums = torch.zeros(4, device=device)  # the same since the epoch (or the resume) began
     epoch_count, skipped_d, skipped_g = 0, 0, 0
     last_log_step, last_log_time = step, time.perf_counter()
+    early_stop = False
 
     while step < total_steps:
         epoch = step // per_epoch
@@ -260,13 +287,20 @@ def train(cfg: Config) -> TrainResult:
                 last_log_step, last_log_time = step, time.perf_counter()
 
             end_of_epoch = step % per_epoch == 0
+            early_stop = False
             if end_of_epoch or step == total_steps:
                 report_epoch(epoch, epoch_sums, epoch_count)
                 epoch_sums.zero_()
                 epoch_count = 0
+                if evaluator and end_of_epoch and evaluator.due(epoch):
+                    early_stop = run_evaluation(step)
             stopping = stop.agreed()
             if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == total_steps or stopping:
                 save(step)
+            if early_stop:
+                log.info(f"early stopping at step {step}: {cfg.eval.best_metric} has not improved in "
+                         f"{cfg.eval.patience} evaluations; the best model is {run_dir / 'best.pt'}")
+                break
             if stopping:
                 signal_name = stop.signal_name or "SIGTERM"  # another process got it; we stop with it
                 log.info(f"stopping at step {step} on {signal_name}: checkpoint written; "
@@ -274,6 +308,8 @@ def train(cfg: Config) -> TrainResult:
                 return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema, signal_name))
             if step >= total_steps:
                 break
+        if early_stop:
+            break
 
     if accelerator.is_main_process:
         ckpt.atomic_save(ema.state_dict(), run_dir / "generator.pt")

@@ -1,0 +1,201 @@
+"""Metrics of a generator against real MNIST, through torch-fidelity.
+
+Standard metrics (Inception features): fid, kid, isc, prc. MNIST-domain metrics (our classifier's features,
+evaluation/classifier.py): clf_fid, clf_kid, clf_isc, and coverage (classes covered, KL of the predicted-class
+histogram to uniform, share of confident predictions). Real images are processed exactly as in training:
+resized once to the training resolution, then uint8 and grey tiled to 3 channels, like generated ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.generative_model_base import GenerativeModelBase
+
+from dcgan.data import load_mnist_uint8, to_training_images
+
+from .classifier import EXTRACTOR_NAME, EvaluationError, find_weights, load_classifier, prepare, sha256_prefix
+
+INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
+CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage")
+ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS
+CONFIDENT = 0.9  # max softmax probability for a "confidently classified" sample
+
+
+@dataclass
+class Result:
+    metric: str
+    value: float | None      # None: unavailable (see note)
+    samples: int
+    reference: str
+    weights: str
+    seconds: float
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats (N, 1, H, W) -> uint8 (N, 3, H, W), the format torch-fidelity expects."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1)
+
+
+class FidelityGenerator(GenerativeModelBase):
+    """A trained Generator behind torch-fidelity's generative-model interface: samples stream batch by batch."""
+
+    def __init__(self, generator: torch.nn.Module, nz: int):
+        super().__init__()
+        self.generator = generator.eval()
+        self._nz = nz
+
+    @property
+    def z_size(self):
+        return self._nz
+
+    @property
+    def z_type(self):
+        return "normal"
+
+    @property
+    def num_classes(self):
+        return 0
+
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        device = next(self.generator.parameters()).device
+        return to_uint8_rgb(self.generator(z.to(device)))
+
+
+class ImageTensors(Dataset):
+    """uint8 (N, 3, H, W) in memory, as a torch-fidelity input."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+def real_images(root: str | Path, split: str, image_size: int, count: int, offset: int = 0) -> torch.Tensor:
+    """MNIST `split` images offset..offset+count, processed exactly as the training images, as uint8 RGB."""
+    digits = load_mnist_uint8(root, train=split == "train")
+    if offset + count > len(digits):
+        raise EvaluationError(f"MNIST {split} has {len(digits)} images; {offset + count} were asked for "
+                              f"(lower --num-samples)")
+    return to_uint8_rgb(to_training_images(digits[offset:offset + count], image_size))
+
+
+@torch.no_grad()
+def generate(generator: torch.nn.Module, nz: int, count: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+    device = next(generator.parameters()).device
+    generator.eval()
+    rng = torch.Generator().manual_seed(seed)
+    chunks = [to_uint8_rgb(generator(torch.randn(min(batch_size, count - i), nz, generator=rng).to(device))).cpu()
+              for i in range(0, count, batch_size)]
+    return torch.cat(chunks)
+
+
+def inception_weights_problem(path: str | None) -> str:
+    """Why IS cannot be computed with this weights file ('' when it can)."""
+    if not path:
+        return ""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weight = state.get("fc.weight") if isinstance(state, dict) else None
+    if weight is None:
+        return f"unavailable: {Path(path).name} has no classifier layer (fc.weight)"
+    if not torch.isfinite(weight).all():
+        return f"unavailable: {Path(path).name} has a NaN classifier layer (fc.weight); IS needs the full weights"
+    return ""
+
+
+def _fidelity(input1, input2, cache_name: str, wanted: dict, num_samples: int, seed: int, device: torch.device,
+              batch_size: int, cache_root: Path, **extra) -> dict:
+    kwargs = dict(input1=input1, input2=input2, input2_cache_name=cache_name, cuda=device.type == "cuda",
+                  batch_size=batch_size, rng_seed=seed, verbose=False, cache_root=str(cache_root),
+                  kid_subset_size=max(2, min(1000, num_samples, len(input2))), save_cpu_ram=True, **wanted, **extra)
+    if isinstance(input1, GenerativeModelBase):
+        kwargs["input1_model_num_samples"] = num_samples
+    return torch_fidelity.calculate_metrics(**kwargs)
+
+
+def _rows(raw: dict, names: dict, samples: int, reference: str, weights: str, seconds: float) -> list[Result]:
+    keys = {"fid": ["frechet_inception_distance"], "kid": ["kernel_inception_distance_mean"],
+            "isc": ["inception_score_mean"], "prc": ["precision", "recall"]}
+    rows = []
+    for ours, theirs in names.items():
+        for key in keys[theirs]:
+            metric = ours if theirs != "prc" else f"{ours.replace('prc', '')}{key}"
+            rows.append(Result(metric, float(raw[key]), samples, reference, weights, seconds))
+    return rows
+
+
+def inception_metrics(source, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
+                      weights_path: str | None, device: torch.device, batch_size: int, seed: int,
+                      cache_root: Path) -> list[Result]:
+    """Standard metrics. `source`: a FidelityGenerator (streamed) or uint8 images (for real-vs-real floors)."""
+    wanted = [m for m in metrics if m in INCEPTION_METRICS]
+    if not wanted:
+        return []
+    weights = Path(weights_path).name if weights_path else "torch-fidelity default (downloaded)"
+    rows = []
+    if "isc" in wanted and (problem := inception_weights_problem(weights_path)):
+        rows.append(Result("isc", None, num_samples, reference_name, weights, 0.0, problem))
+        wanted.remove("isc")
+    if not wanted:
+        return rows
+    tag = f"-w{sha256_prefix(weights_path)}" if weights_path else ""
+    start = time.time()
+    source = source if isinstance(source, GenerativeModelBase) else ImageTensors(source)
+    raw = _fidelity(source, ImageTensors(reference), f"{reference_name}{tag}", {m: True for m in wanted},
+                    num_samples, seed, device, batch_size, cache_root, feature_extractor_weights_path=weights_path)
+    return rows + _rows(raw, {m: m for m in wanted}, num_samples, reference_name, weights, time.time() - start)
+
+
+def coverage(logits: torch.Tensor) -> dict:
+    """Predicted-class histogram of generated digits: mode collapse shows here first."""
+    probs = logits.float().softmax(1)
+    share = torch.bincount(probs.argmax(1), minlength=10).float() / len(probs)
+    kl = (share[share > 0] * (share[share > 0] / 0.1).log()).sum().item()
+    return {"classes_covered": int((share >= 0.01).sum()),   # a class counts from 1% of the samples
+            "kl_to_uniform": kl,
+            "confident_share": (probs.max(1).values >= CONFIDENT).float().mean().item(),
+            "histogram": [round(v, 4) for v in share.tolist()]}
+
+
+def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_name: str, metrics: list[str],
+                       weights_path: str | None, device: torch.device, batch_size: int, seed: int,
+                       cache_root: Path) -> list[Result]:
+    """MNIST-domain metrics on generated uint8 images `fake` (kept in memory: 10k at 64 px is 120 MB)."""
+    wanted = [m for m in metrics if m in CLASSIFIER_METRICS]
+    if not wanted:
+        return []
+    path = find_weights(weights_path)
+    weights = path.name
+    rows = []
+    fidelity = [m[len("clf_"):] for m in wanted if m.startswith("clf_")]
+    if fidelity:
+        start = time.time()
+        raw = _fidelity(ImageTensors(fake), ImageTensors(reference), f"{reference_name}-clf{sha256_prefix(path)}",
+                        {m: True for m in fidelity}, len(fake), seed, device, batch_size, cache_root,
+                        feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=str(path))
+        rows += _rows(raw, {f"clf_{m}": m for m in fidelity}, len(fake), reference_name, weights, time.time() - start)
+    if "coverage" in wanted:
+        start = time.time()
+        model = load_classifier(path, device)
+        with torch.no_grad():
+            logits = torch.cat([model(prepare(fake[i:i + 1000].to(device)))[1].cpu() for i in range(0, len(fake), 1000)])
+        stats = coverage(logits)
+        seconds = time.time() - start
+        histogram = " ".join(f"{v:.2f}" for v in stats["histogram"])
+        for name in ("classes_covered", "kl_to_uniform", "confident_share"):
+            rows.append(Result(name, float(stats[name]), len(fake), reference_name, weights, seconds,
+                               f"class shares 0-9: {histogram}" if name == "classes_covered" else ""))
+    return rows

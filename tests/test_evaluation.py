@@ -1,0 +1,223 @@
+"""Evaluation: torch-fidelity metrics, the MNIST classifier's metrics, the CLI, and evaluation during training."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, SHARED, TINY, only_run_dir, run_train, subprocess_env
+from dcgan.config import EvalConfig
+from evaluation.classifier import accuracy, load_classifier, save_classifier, train_classifier
+from evaluation.during_training import PeriodicEvaluator
+from evaluation.metrics import (ImageTensors, classifier_metrics, coverage, inception_metrics,
+                                inception_weights_problem, real_images)
+
+SHARED_DATA = SHARED / "data"
+INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
+CPU = torch.device("cpu")
+needs_mnist = pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST (../shared) absent")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(mnist_root, tmp_path_factory):
+    """Trained for one epoch on the small fake IDX set: enough for plumbing, not for quality."""
+    model, _ = train_classifier(mnist_root, epochs=1, batch_size=64, log=lambda *_: None)
+    return save_classifier(model, tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
+def real_classifier(tmp_path_factory):
+    """The real judge: 3 epochs on MNIST (~2 CPU minutes), as `python -m evaluation.classifier` trains it."""
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip("real MNIST (../shared) absent")
+    model, acc = train_classifier(SHARED_DATA, epochs=3, log=lambda *_: None)
+    assert acc >= 0.99
+    return save_classifier(model, tmp_path_factory.mktemp("real_classifier"))
+
+
+@pytest.fixture(scope="module")
+def short_run(mnist_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_runs")
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={out}", "train.epochs=2", "train.checkpoint_every=8",
+                      "train.keep_last=10"])
+    return only_run_dir(out)
+
+
+def cli(*args, cache=None):
+    env = subprocess_env()
+    if cache:
+        env["DCGAN_CACHE"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "evaluation.fid", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+# ---- the classifier and its metrics ---------------------------------------------------------------------
+
+def test_coverage_statistics_on_known_logits():
+    uniform = torch.eye(10).repeat(50, 1) * 20       # confident, every class equally often
+    stats = coverage(uniform)
+    assert stats["classes_covered"] == 10 and stats["kl_to_uniform"] < 1e-6 and stats["confident_share"] == 1
+    collapsed = torch.zeros(500, 10)
+    collapsed[:, 3] = 20
+    stats = coverage(collapsed)
+    assert stats["classes_covered"] == 1 and abs(stats["kl_to_uniform"] - math.log(10)) < 1e-5
+
+
+def test_classifier_weights_are_hash_checked(tiny_classifier, tmp_path):
+    assert load_classifier(tiny_classifier) is not None
+    corrupt = tmp_path / tiny_classifier.name
+    corrupt.write_bytes(tiny_classifier.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Exception, match="corrupt"):
+        load_classifier(corrupt)
+
+
+@needs_mnist
+def test_real_classifier_quality(real_classifier):
+    from torchvision.datasets import MNIST
+    test = MNIST(str(SHARED_DATA), train=False)
+    assert accuracy(load_classifier(real_classifier), test.data, test.targets) >= 0.99
+    reference = real_images(SHARED_DATA, "test", 28, 10000)
+    rows = {r.metric: r.value for r in classifier_metrics(reference, reference, "t", ["clf_isc", "coverage"],
+                                                           str(real_classifier), CPU, 500, 0, real_classifier.parent)}
+    assert rows["clf_isc"] >= 9.5 and rows["classes_covered"] == 10 and rows["confident_share"] > 0.95
+
+
+@needs_mnist
+def test_real_vs_real_small_and_noise_large(real_classifier, tmp_path):
+    reference = real_images(SHARED_DATA, "test", 32, 5000)
+    held_out = real_images(SHARED_DATA, "train", 32, 5000)
+    noise = torch.randint(0, 256, (5000, 1, 32, 32), dtype=torch.uint8).repeat(1, 3, 1, 1)
+    fid = {}
+    for name, images in (("real", held_out), ("noise", noise)):
+        rows = classifier_metrics(images, reference, "mnist-test-32px-5000", ["clf_fid"], str(real_classifier),
+                                  CPU, 500, 0, tmp_path)
+        fid[name] = rows[0].value
+    assert fid["real"] < 10 and fid["noise"] > 50 * fid["real"], fid
+
+
+@needs_mnist
+def test_coverage_detects_a_collapsed_generator(real_classifier, tmp_path):
+    from torchvision.datasets import MNIST
+    test = MNIST(str(SHARED_DATA), train=False)
+    ones = real_images(SHARED_DATA, "test", 28, 10000)[test.targets == 1][:500]   # "a G that only draws 1s"
+    rows = {r.metric: r.value for r in classifier_metrics(ones, ones, "ones", ["coverage"], str(real_classifier),
+                                                           CPU, 500, 0, tmp_path)}
+    assert rows["classes_covered"] == 1 and rows["kl_to_uniform"] > 2
+
+
+def test_reference_statistics_are_cached(tiny_classifier, mnist_root, tmp_path):
+    reference = real_images(mnist_root, "test", 28, 100)
+    fake = real_images(mnist_root, "train", 28, 100)
+    first = classifier_metrics(fake, reference, "ref-100", ["clf_fid"], str(tiny_classifier), CPU, 50, 0, tmp_path)
+    assert list(tmp_path.glob("ref-100-clf*.pt"))                  # statistics written to the cache
+
+    class Untouchable(torch.utils.data.Dataset):                   # a cache hit never reads the reference
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, index):
+            raise AssertionError("reference recomputed despite the cache")
+
+    import evaluation.metrics as metrics
+    original = metrics.ImageTensors
+    metrics.ImageTensors = lambda images: Untouchable() if images is reference else original(images)
+    try:
+        second = classifier_metrics(fake, reference, "ref-100", ["clf_fid"], str(tiny_classifier), CPU, 50, 0, tmp_path)
+    finally:
+        metrics.ImageTensors = original
+    assert second[0].value == pytest.approx(first[0].value)
+
+
+def test_inception_score_unavailable_with_nan_classifier(tmp_path):
+    weights = tmp_path / "nan-fc.pth"
+    torch.save({"fc.weight": torch.full((1008, 2048), float("nan")), "fc.bias": torch.zeros(1008)}, weights)
+    assert "NaN classifier layer" in inception_weights_problem(str(weights))
+    rows = inception_metrics(torch.zeros(4, 3, 28, 28, dtype=torch.uint8), torch.zeros(4, 3, 28, 28, dtype=torch.uint8),
+                             "x", ["isc"], 4, str(weights), CPU, 2, 0, tmp_path)
+    assert rows[0].value is None and rows[0].note.startswith("unavailable")
+    torch.save({"conv.weight": torch.zeros(1)}, weights)
+    assert "no classifier layer" in inception_weights_problem(str(weights))
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+def test_cli_bad_input_is_one_line(short_run, tmp_path):
+    for args, expected in (((["--checkpoint", tmp_path / "nope"]), "does not exist"),
+                           ((["--checkpoint", short_run, "--num-samples", "1"]), "at least 2 samples"),
+                           ((["--checkpoint", short_run, "--metrics", "fid,fud"]), "unknown metric 'fud'"),
+                           ((["--checkpoint", tmp_path]), "has no checkpoints")):
+        result = cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_cli_all_checkpoints_writes_curve_json_and_tensorboard(short_run, tiny_classifier, mnist_root, tmp_path):
+    result = cli("--checkpoint", short_run, "--all", "--metrics", "clf_fid,clf_kid,coverage", "--num-samples", 60,
+                 "--classifier-weights", tiny_classifier, "--data-root", mnist_root, "--json", tmp_path / "e.json",
+                 "--logdir", tmp_path / "tb", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert [entry["step"] for entry in report] == [8, 16, 24, 32]
+    values = {r["metric"]: r["value"] for r in report[-1]["results"]}
+    assert values["clf_fid"] > 0 and math.isfinite(values["clf_kid"]) and 1 <= values["classes_covered"] <= 10
+    curve = (short_run / "eval_curve.csv").read_text().splitlines()
+    assert curve[0] == "step,metric,value,samples" and len(curve) == 1 + 4 * 5
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [e.step for e in events.Scalars("eval/clf_fid")] == [8, 16, 24, 32]
+    assert "clf_fid" in result.stdout and "mnist-test-28px-60" in result.stdout
+
+
+@pytest.mark.skipif(not INCEPTION.is_file(), reason="Inception weights (../shared/models) absent")
+def test_cli_inception_metrics_offline(short_run, mnist_root, tmp_path):
+    result = cli("--checkpoint", short_run, "--metrics", "fid,kid,isc", "--num-samples", 24, "--batch-size", 12,
+                 "--inception-weights", INCEPTION, "--data-root", mnist_root, "--json", tmp_path / "e.json",
+                 "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = {r["metric"]: r for r in json.loads((tmp_path / "e.json").read_text())["results"]}
+    assert values["fid"]["value"] > 0 and math.isfinite(values["kid"]["value"])  # KID subset clamped to 24
+    assert values["isc"]["value"] is None and "NaN classifier layer" in values["isc"]["note"]
+    assert values["fid"]["weights"] == INCEPTION.name
+    assert "unavailable" in result.stdout
+
+
+# ---- during training ----------------------------------------------------------------------------------------
+
+def test_best_metric_and_patience_logic(tiny_classifier, mnist_root):
+    cfg = EvalConfig(every_epochs=1, metrics="clf_fid,coverage", num_samples=10, best_metric="clf_fid", patience=2,
+                     classifier_weights=str(tiny_classifier))
+    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
+    assert evaluator.record({"clf_fid": 10.0}) and evaluator.record({"clf_fid": 8.0})
+    assert not evaluator.record({"clf_fid": 9.0}) and not evaluator.should_stop()
+    assert not evaluator.record({"clf_fid": 8.5}) and evaluator.should_stop()
+    cfg.best_metric = "confident_share"                                 # larger is better
+    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
+    assert evaluator.record({"confident_share": 0.5}) and not evaluator.record({"confident_share": 0.4})
+
+
+def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_root, tmp_path):
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
+                      "eval.every_epochs=1", "eval.metrics=clf_fid,coverage", "eval.num_samples=50",
+                      f"eval.classifier_weights={tiny_classifier}", "eval.best_metric=classes_covered",
+                      "eval.patience=2"])
+    run_dir = only_run_dir(tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert "eval step 16:" in log and (run_dir / "best.pt").is_file()
+    # classes_covered tops out at 10 (or stalls below it): patience 2 must end the run well before 40 epochs
+    assert "early stopping at step" in log
+    stopped = int(log.split("early stopping at step ")[1].split(":")[0])
+    assert stopped < 40 * 16 and (run_dir / "generator.pt").is_file()
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    assert best["step"] <= stopped and best["eval"]["best"] >= 1
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert "eval/clf_fid" in events.Tags()["scalars"]
+
+
+def test_eval_config_errors(tiny_classifier, mnist_root, tmp_path):
+    result = run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "eval.every_epochs=1",
+                               "eval.metrics=clf_fid", "eval.best_metric=fid",
+                               f"eval.classifier_weights={tiny_classifier}"], check=False)
+    assert result.returncode == 2 and "eval.best_metric='fid' is not computed" in result.stderr
