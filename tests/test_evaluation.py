@@ -12,7 +12,7 @@ from conftest import ROOT, SHARED, TINY, only_run_dir, run_train, subprocess_env
 from dcgan.config import EvalConfig
 from evaluation.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from evaluation.during_training import PeriodicEvaluator
-from evaluation.metrics import (ImageTensors, classifier_metrics, coverage, inception_metrics,
+from evaluation.metrics import (classifier_metrics, coverage, inception_metrics,
                                 inception_weights_problem, real_images)
 
 SHARED_DATA = SHARED / "data"
@@ -87,15 +87,17 @@ def test_real_classifier_quality(real_classifier):
 
 @needs_mnist
 def test_real_vs_real_small_and_noise_large(real_classifier, tmp_path):
-    reference = real_images(SHARED_DATA, "test", 32, 5000)
-    held_out = real_images(SHARED_DATA, "train", 32, 5000)
-    noise = torch.randint(0, 256, (5000, 1, 32, 32), dtype=torch.uint8).repeat(1, 3, 1, 1)
+    # The whole test set vs 10k training digits (FID's small-sample bias is large; the halves of the test set
+    # also differ: its first 5000 digits come from other writers than its last 5000).
+    reference = real_images(SHARED_DATA, "test", 32, 10000)
+    held_out = real_images(SHARED_DATA, "train", 32, 10000)
+    noise = torch.randint(0, 256, (10000, 1, 32, 32), dtype=torch.uint8).repeat(1, 3, 1, 1)
     fid = {}
     for name, images in (("real", held_out), ("noise", noise)):
-        rows = classifier_metrics(images, reference, "mnist-test-32px-5000", ["clf_fid"], str(real_classifier),
+        rows = classifier_metrics(images, reference, "mnist-test-32px-10000", ["clf_fid"], str(real_classifier),
                                   CPU, 500, 0, tmp_path)
         fid[name] = rows[0].value
-    assert fid["real"] < 10 and fid["noise"] > 50 * fid["real"], fid
+    assert fid["real"] < 5 and fid["noise"] > 100 * fid["real"], fid
 
 
 @needs_mnist
