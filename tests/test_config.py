@@ -86,3 +86,15 @@ def test_cli_dry_run_prints_resolved_config():
     import yaml
     resolved = yaml.safe_load(result.stdout)
     assert resolved["train"]["epochs"] == 7 and resolved["data"]["image_size"] == 32
+
+
+def test_accelerate_launch_flags_fill_in_unset_precision(monkeypatch):
+    from dcgan.training import apply_launcher_settings
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    cfg = load_config(None, [])
+    apply_launcher_settings(cfg)                     # `accelerate launch --mixed_precision bf16 --cpu`
+    assert cfg.train.mixed_precision == "bf16" and cfg.train.cpu
+    cfg = load_config(None, ["train.mixed_precision=fp16"])
+    apply_launcher_settings(cfg)                     # an explicit config value wins
+    assert cfg.train.mixed_precision == "fp16"
