@@ -130,6 +130,10 @@ def _coerce(key: str, value, typ):
     if typ is str:
         if value is None:
             return ""
+        if value is False:  # YAML 1.1 reads an unquoted `no` as false; "no" is the string meant (mixed_precision)
+            return "no"
+        if value is True:
+            raise ConfigError(f"{key}: expected a string, got true (quote it in YAML)")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -155,23 +159,19 @@ def _update(obj, values: dict, prefix: str = "") -> None:
 
 
 def parse_override(text: str) -> dict:
-    """'train.epochs=2' -> {'train': {'epochs': 2}}; the value is read as YAML (so 2, 1e-4, true work)."""
+    """'train.epochs=2' -> {'train': {'epochs': '2'}}; the field's type converts the text (see _coerce)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.epochs=2)")
-    key, raw = text.split("=", 1)
+    key, value = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has no key (e.g. train.epochs=2)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
     nested: dict = {}
     node = nested
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    node[parts[-1]] = value.strip()
     return nested
 
 

@@ -28,7 +28,9 @@ def test_overrides_are_typed():
     assert cfg.train.epochs == 2 and cfg.data.root == "../shared/data"
     assert cfg.optim.lr_g == 1e-4 and isinstance(cfg.optim.lr_g, float)
     assert cfg.loss.label_smoothing is False
-    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": "3"}}}
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=bf16", "train.resume="]).train.resume == ""
 
 
 @pytest.mark.parametrize("override, names", [
@@ -56,6 +58,13 @@ def test_batch_must_split_over_processes():
     validate(cfg, world_size=2)
     with pytest.raises(ConfigError, match="train.batch_size=128 is not divisible by the world size 3"):
         validate(cfg, world_size=3)
+
+
+def test_unquoted_no_in_yaml_means_the_string(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  epochs: 3\n")
+    cfg = load_config(path)
+    assert cfg.train.mixed_precision == "no" and cfg.train.epochs == 3
 
 
 def test_bad_yaml_file(tmp_path):
