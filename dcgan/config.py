@@ -41,6 +41,7 @@ class OptimConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    fused: bool = True            # fused Adam kernels (CPU and CUDA): one kernel per step, not one per tensor
 
 
 @dataclass
@@ -58,6 +59,8 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"   # no | fp16 | bf16
     cpu: bool = False             # force CPU even when CUDA is present
+    channels_last: bool = True    # NHWC convolutions: faster on CPUs (oneDNN) and tensor cores
+    compile: bool = False         # torch.compile G and D (slow first steps; see BENCHMARKS.md)
     ema_decay: float = 0.999      # EMA of the generator's weights (samples and exported generator)
     log_every: int = 50           # steps between scalar logs (the only host syncs in the loop)
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at each epoch end)

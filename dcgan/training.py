@@ -99,9 +99,16 @@ def build_training_objects(cfg: Config, accelerator: Accelerator):
     if accelerator.num_processes > 1 and cfg.model.sync_bn:
         cuda = accelerator.device.type == "cuda"
         G, D = convert_sync_batchnorm(G, use_cuda_sync_bn=cuda), convert_sync_batchnorm(D, use_cuda_sync_bn=cuda)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=cfg.optim.fused or None)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=cfg.optim.fused or None)
+    if cfg.train.compile:
+        G.compile()  # in place: state_dict keys stay those of the plain modules
+        D.compile()
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     return G, D, ema, opt_g, opt_d
 

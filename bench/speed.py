@@ -1,0 +1,225 @@
+"""Our training step against the canonical DCGAN loop, side by side in one process.
+
+    python -m bench.speed --data-root ../shared/data       # 64x64 model, batch 128, best settings for the device
+    python -m bench.speed --precision fp32 --no-channels-last --no-fused  # ours with every speed option off
+    python -m bench.speed --batch-size 256 --precision fp16 --compile
+
+"Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
+Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
+every step; same networks, same batch. "Ours" is dcgan.training.train_step on device-resident images with the
+chosen options. Throughput = real images consumed per second (one D and one G update per batch); warm-up
+excluded; rounds alternate ours/reference so machine noise hits both; medians are reported, and the last line
+is `ratio ours/reference: N.NN`. FLOP/s counts the convolutions: a step is 3 G forwards + 8 D forwards
+(G: forward + backward; D: 2 forwards + backward in the D step, forward + input-gradient backward in the G step).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from dcgan.config import load_config
+from dcgan.data import DataError
+from dcgan.models import build_models
+
+# Dense peak throughput, TFLOP/s, for the figure "achieved / peak" (fp32 without tensor cores; fp16/bf16 dense).
+GPU_PEAKS = {"H100": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0}, "H200": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0},
+             "A100": {"fp32": 19.5, "fp16": 312.0, "bf16": 312.0}}
+
+
+def conv_flops(module: nn.Module, example: torch.Tensor) -> float:
+    """Forward FLOPs (2 x multiply-accumulates) of every convolution in `module` for input `example`."""
+    total = 0.0
+
+    def hook(layer, inputs, output):
+        nonlocal total
+        kernel = layer.kernel_size[0] * layer.kernel_size[1]
+        if isinstance(layer, nn.ConvTranspose2d):
+            total += 2.0 * inputs[0].numel() * layer.out_channels * kernel / layer.groups
+        else:
+            total += 2.0 * output.numel() * layer.in_channels * kernel / layer.groups
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        module(example)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def step_flops(image_size: int, nz: int, ngf: int, ndf: int, batch: int) -> float:
+    G, D = build_models(image_size, nz, ngf, ndf)
+    return 3 * conv_flops(G, torch.randn(batch, nz)) + 8 * conv_flops(D, torch.randn(batch, 1, image_size, image_size))
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in GPU_PEAKS.items():
+            if key in name:
+                return peaks["fp32" if precision == "no" else precision]
+        return None
+    # CPU: cores x clock x FLOPs per cycle (two 512-bit FMA units: 64 fp32 FLOPs; bf16 dot products double it).
+    try:
+        flags = open("/proc/cpuinfo").read()
+        mhz = max(float(line.split(":")[1]) for line in flags.splitlines() if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return None
+    per_cycle = 64 if "avx512f" in flags else 32
+    if precision == "bf16" and "avx512_bf16" in flags:
+        per_cycle *= 2
+    return torch.get_num_threads() * mhz * 1e6 * per_cycle / 1e12
+
+
+class Ours:
+    def __init__(self, cfg, device_cpu: bool):
+        from accelerate import Accelerator
+        from dcgan.training import build_training_objects
+        self.accelerator = Accelerator(cpu=device_cpu, mixed_precision=cfg.train.mixed_precision)
+        torch.manual_seed(0)
+        self.G, self.D, _, self.opt_g, self.opt_d = build_training_objects(cfg, self.accelerator)
+        self.D_raw = self.accelerator.unwrap_model(self.D)
+        self.device, self.batch, self.nz = self.accelerator.device, cfg.train.batch_size, cfg.model.nz
+        size = cfg.data.image_size
+        self.images = torch.rand(self.batch * 8, 1, size, size, device=self.device) * 2 - 1
+        self.noise = torch.Generator(device=self.device).manual_seed(0)
+        self.i = 0
+
+    def run(self, steps: int) -> None:
+        from dcgan.training import train_step
+        for _ in range(steps):
+            index = torch.randint(0, len(self.images), (self.batch,), device=self.device)
+            z = torch.randn(self.batch, self.nz, generator=self.noise, device=self.device)
+            stats = train_step(self.accelerator, self.G, self.D, self.D_raw, self.opt_g, self.opt_d,
+                               self.images[index], z, 0.85, 0.2)
+        stats.sum().item()  # the trainer syncs with the host only at its log interval
+
+
+class Reference:
+    """examples/dcgan/main.py's loop, on the same networks (D + Sigmoid) and batch."""
+
+    def __init__(self, cfg, data_root: str, device: torch.device):
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms
+        from dcgan.data import load_mnist_uint8
+        load_mnist_uint8(data_root)  # a one-line DataError if the files are missing
+        size = cfg.data.image_size
+        dataset = datasets.MNIST(data_root, train=True, transform=transforms.Compose(
+            [transforms.Resize(size), transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]))
+        self.loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=2,
+                                 drop_last=True, persistent_workers=True)
+        self.batches = iter(self.loader)
+        torch.manual_seed(0)
+        G, D = build_models(size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
+        self.netG, self.netD = G.to(device), nn.Sequential(D, nn.Sigmoid()).to(device)
+        self.criterion = nn.BCELoss()
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        self.optG = torch.optim.Adam(self.netG.parameters(), lr=cfg.optim.lr_g, betas=betas)
+        self.optD = torch.optim.Adam(self.netD.parameters(), lr=cfg.optim.lr_d, betas=betas)
+        self.device, self.nz = device, cfg.model.nz
+
+    def next_batch(self):
+        try:
+            return next(self.batches)[0]
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)[0]
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            real = self.next_batch().to(self.device)
+            b = real.size(0)
+            self.netD.zero_grad()
+            label = torch.full((b,), 1.0, device=self.device)
+            output = self.netD(real).view(-1)
+            self.criterion(output, label).backward()
+            output.mean().item()
+            fake = self.netG(torch.randn(b, self.nz, 1, 1, device=self.device))
+            label.fill_(0.0)
+            output = self.netD(fake.detach()).view(-1)
+            self.criterion(output, label).backward()
+            output.mean().item()
+            self.optD.step()
+            self.netG.zero_grad()
+            label.fill_(1.0)
+            output = self.netD(fake).view(-1)
+            self.criterion(output, label).backward()
+            output.mean().item()
+            self.optG.step()
+
+
+def timed(runner, steps: int, batch: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    runner.run(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mnist64.yaml")
+    parser.add_argument("--data-root", default="data", help="MNIST for the reference loop's DataLoader")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", default="best", help="no | fp16 | bf16 | best (fp16 on CUDA, bf16 on CPU)")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--no-fused", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is present")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: ~10 s of work)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-reference", action="store_true", help="time only ours")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if cuda else "cpu")
+    precision = args.precision if args.precision != "best" else ("fp16" if cuda else "bf16")
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", f"train.mixed_precision={precision}",
+                                    f"train.channels_last={not args.no_channels_last}",
+                                    f"optim.fused={not args.no_fused}", f"train.compile={args.compile}",
+                                    f"train.cpu={not cuda}"])
+    steps = args.steps or (20 if cuda else max(2, 1200 // args.batch_size))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        runners = {"ours": Ours(cfg, device_cpu=not cuda)}
+        if not args.no_reference:
+            runners["reference"] = Reference(cfg, args.data_root, device)
+    except DataError as exc:
+        print(f"error: {exc}")
+        return 2
+    for runner in runners.values():
+        runner.run(args.warmup)
+    rates = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, runner in runners.items():
+            rates[name].append(timed(runner, steps, args.batch_size, device))
+
+    flops = step_flops(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf, args.batch_size)
+    peak = peak_tflops(device, precision)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    options = (f"precision {precision}, channels_last {cfg.train.channels_last}, fused Adam {cfg.optim.fused}, "
+               f"compile {cfg.train.compile}")
+    print(f"{args.config}: {cfg.data.image_size}px, batch {args.batch_size}, {where}, torch {torch.__version__}")
+    print(f"ours: {options}; reference: fp32, DataLoader + PIL transforms, Sigmoid + BCELoss")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        achieved = median / args.batch_size * flops / 1e12
+        vs_peak = f", {100 * achieved / peak:.1f}% of ~{peak:.2f} TFLOP/s peak (estimated)" if peak and name == "ours" else ""
+        print(f"{name:>9}: {median:8.1f} img/s (rounds {', '.join(f'{v:.1f}' for v in values)}); "
+              f"{achieved:.3f} TFLOP/s{vs_peak}")
+    if device.type == "cuda":
+        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+    if "reference" in rates:
+        print(f"ratio ours/reference: {statistics.median(rates['ours']) / statistics.median(rates['reference']):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Speed options are switches of the one training loop: each must train, and keep checkpoints portable."""
+import torch
+
+from conftest import TINY, load_ckpt, only_run_dir, run_train
+from bench.speed import conv_flops, step_flops
+from dcgan.models import Generator, build_models
+
+
+def test_all_speed_switches_off_and_on_train(mnist_root, tmp_path):
+    for name, switches in (("off", ["train.channels_last=false", "optim.fused=false"]),
+                           ("on", ["train.channels_last=true", "optim.fused=true", "train.mixed_precision=bf16"])):
+        run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path / name}", "train.max_steps=3", *switches])
+        state = load_ckpt(only_run_dir(tmp_path / name))
+        assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["generator"].values()
+                                          if v.is_floating_point())
+
+
+def test_compiled_models_keep_plain_checkpoint_keys(mnist_root, tmp_path):
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=2", "train.compile=true"])
+    run_dir = only_run_dir(tmp_path)
+    G = Generator(28, nz=16, ngf=8)
+    G.load_state_dict(load_ckpt(run_dir)["generator"])           # no "_orig_mod." prefixes
+    G.load_state_dict(torch.load(run_dir / "generator.pt", weights_only=True))
+
+
+def test_conv_flop_count():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert conv_flops(conv, torch.zeros(2, 3, 10, 10)) == 2 * (2 * 8 * 10 * 10) * 3 * 9
+    G, D = build_models(64, 100, 64, 64)
+    per_image = step_flops(64, 100, 64, 64, batch=1)
+    assert per_image == 3 * conv_flops(G, torch.zeros(1, 100)) + 8 * conv_flops(D, torch.zeros(1, 1, 64, 64))
+    assert 2.0e9 < per_image < 2.5e9   # the 64x64 DCGAN: ~0.2 GFLOP per image for a G or a D forward
