@@ -3,6 +3,7 @@
     python -m bench.speed --data-root ../shared/data       # 64x64 model, batch 128, best settings for the device
     python -m bench.speed --precision fp32 --no-channels-last --no-fused  # ours with every speed option off
     python -m bench.speed --batch-size 256 --precision fp16 --compile
+    python -m bench.speed --grid --precisions no,fp16,bf16 --batch-sizes 128,256   # table: one process per cell
 
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
 Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
@@ -161,6 +162,35 @@ def timed(runner, steps: int, batch: int, device: torch.device) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
+# Option sets of the --grid table: everything off, the cheap switches, and torch.compile on top.
+GRID_OPTIONS = {"plain": ["--no-channels-last", "--no-fused"], "channels_last+fused": [],
+                "channels_last+fused+compile": ["--compile"]}
+
+
+def grid(args) -> int:
+    """One subprocess per cell (Accelerate fixes the precision once per process); ours only."""
+    import subprocess
+    import sys
+    print(f"{'precision':>9} {'batch':>6} {'options':<28} {'img/s':>9} {'TFLOP/s':>8} {'peak CUDA MiB':>14}")
+    for precision in args.precisions.split(","):
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            for name, flags in GRID_OPTIONS.items():
+                cmd = [sys.executable, "-m", "bench.speed", "--config", args.config, "--precision", precision,
+                       "--batch-size", str(batch), "--no-reference", "--rounds", str(args.rounds), *flags]
+                if args.cpu:
+                    cmd.append("--cpu")
+                out = subprocess.run(cmd, capture_output=True, text=True).stdout
+                ours = next((l for l in out.splitlines() if l.strip().startswith("ours:") and "img/s" in l), None)
+                if ours is None:
+                    print(f"{precision:>9} {batch:>6} {name:<28} {'failed':>9}  {out.strip().splitlines()[-1:]}")
+                    continue
+                rate = ours.split()[1]
+                tflops = ours.split(";")[1].split()[0]
+                memory = next((l.split(":")[1].split()[0] for l in out.splitlines() if l.startswith("peak CUDA")), "-")
+                print(f"{precision:>9} {batch:>6} {name:<28} {rate:>9} {tflops:>8} {memory:>14}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mnist64.yaml")
@@ -175,7 +205,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time only ours")
+    parser.add_argument("--grid", action="store_true", help="table over --precisions x --batch-sizes x option sets")
+    parser.add_argument("--precisions", default="no,bf16", help="for --grid")
+    parser.add_argument("--batch-sizes", default="128", help="for --grid")
     args = parser.parse_args(argv)
+    if args.grid:
+        return grid(args)
 
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
