@@ -8,8 +8,7 @@ import torch
 from dcgan.config import ConfigError, EvalConfig
 
 from .classifier import EvaluationError, cache_dir, find_weights
-from .metrics import (ALL_METRICS, CLASSIFIER_METRICS, classifier_metrics, generate, inception_metrics,
-                      FidelityGenerator, real_images)
+from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images
 
 # Metrics where a smaller value is better; for every other one, larger is better.
 LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform"}
@@ -41,14 +40,9 @@ class PeriodicEvaluator:
         return self.cfg.every_epochs > 0 and (epoch + 1) % self.cfg.every_epochs == 0
 
     def evaluate(self, generator: torch.nn.Module) -> dict[str, float]:
-        common = dict(device=self.device, batch_size=200, seed=0, cache_root=cache_dir() / "fidelity")
-        rows = inception_metrics(FidelityGenerator(generator, self.nz), self.reference, self.reference_name,
-                                 self.metrics, self.cfg.num_samples, self.cfg.inception_weights or None, **common)
-        if any(m in CLASSIFIER_METRICS for m in self.metrics):
-            fake = generate(generator, self.nz, self.cfg.num_samples, seed=0)
-            rows += classifier_metrics(fake, self.reference, self.reference_name, self.metrics,
-                                       self.cfg.classifier_weights or None, **common)
-        generator.eval()
+        rows = measure(generator, self.nz, self.reference, self.reference_name, self.metrics, self.cfg.num_samples,
+                       self.cfg.inception_weights or None, self.cfg.classifier_weights or None, self.device,
+                       batch_size=200, seed=0, cache_root=cache_dir() / "fidelity")
         return {r.metric: r.value for r in rows if r.value is not None}
 
     def record(self, values: dict[str, float]) -> bool:

@@ -26,8 +26,7 @@ from dcgan.data import DataError
 from dcgan.models import Generator
 
 from .classifier import EvaluationError, cache_dir
-from .metrics import (ALL_METRICS, CLASSIFIER_METRICS, FidelityGenerator, Result, classifier_metrics, generate,
-                      inception_metrics, real_images)
+from .metrics import ALL_METRICS, Result, measure, real_images
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -66,20 +65,14 @@ def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.devi
     root = args.data_root or config["data"]["root"]
     reference = real_images(root, args.reference, size, args.num_samples)
     reference_name = f"mnist-{args.reference}-{size}px-{args.num_samples}"
-    cache_root = Path(args.cache_dir)
-    common = dict(device=device, batch_size=args.batch_size, seed=args.seed, cache_root=cache_root)
-    rows = inception_metrics(FidelityGenerator(G, nz), reference, reference_name, metrics, args.num_samples,
-                             args.inception_weights, **common)
-    if any(m in CLASSIFIER_METRICS for m in metrics):
-        fake = generate(G, nz, args.num_samples, args.seed)
-        rows += classifier_metrics(fake, reference, reference_name, metrics, args.classifier_weights, **common)
+    common = dict(metrics=metrics, num_samples=args.num_samples, inception_weights=args.inception_weights,
+                  classifier_weights=args.classifier_weights, device=device, batch_size=args.batch_size,
+                  seed=args.seed, cache_root=Path(args.cache_dir))
+    rows = measure(G, nz, reference, reference_name, **common)
     if args.reference_floor:
         # Held-out real digits: the other split, so no image is compared with itself.
         other = "train" if args.reference == "test" else "test"
-        held_out = real_images(root, other, size, args.num_samples)
-        floor = inception_metrics(held_out, reference, reference_name, metrics, args.num_samples,
-                                  args.inception_weights, **common)
-        floor += classifier_metrics(held_out, reference, reference_name, metrics, args.classifier_weights, **common)
+        floor = measure(real_images(root, other, size, args.num_samples), nz, reference, reference_name, **common)
         for row in floor:
             row.metric = f"floor_{row.metric}"
         rows += floor

@@ -199,3 +199,17 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
             rows.append(Result(name, float(stats[name]), len(fake), reference_name, weights, seconds,
                                f"class shares 0-9: {histogram}" if name == "classes_covered" else ""))
     return rows
+
+
+def measure(source, nz: int, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
+            inception_weights: str | None, classifier_weights: str | None, device: torch.device, batch_size: int,
+            seed: int, cache_root: Path) -> list[Result]:
+    """Every requested metric for `source`: a Generator (sampled with `seed`) or uint8 real images (a floor)."""
+    is_generator = isinstance(source, torch.nn.Module)
+    common = dict(device=device, batch_size=batch_size, seed=seed, cache_root=cache_root)
+    rows = inception_metrics(FidelityGenerator(source, nz) if is_generator else source, reference, reference_name,
+                             metrics, num_samples, inception_weights, **common)
+    if any(m in CLASSIFIER_METRICS for m in metrics):
+        images = generate(source, nz, num_samples, seed) if is_generator else source
+        rows += classifier_metrics(images, reference, reference_name, metrics, classifier_weights, **common)
+    return rows
