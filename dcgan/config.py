@@ -6,6 +6,7 @@ one line that names the key and says what is allowed; train_ddp.py prints it and
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,10 +134,8 @@ def _coerce(key: str, value, typ):
     if typ is str:
         if value is None:
             return ""
-        if value is False:  # YAML 1.1 reads an unquoted `no` as false; "no" is the string meant (mixed_precision)
-            return "no"
-        if value is True:
-            raise ConfigError(f"{key}: expected a string, got true (quote it in YAML)")
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {str(value).lower()}")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -178,6 +177,18 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where yes/no/on/off are booleans (`mixed_precision: no` would be False).
+    Read only true/false as booleans, as YAML 1.2 does; the field types convert everything else."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- overrides, then validate."""
     cfg = Config()
@@ -186,7 +197,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.load(path.read_text(), Loader=_Yaml12Loader) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -62,9 +62,9 @@ def test_batch_must_split_over_processes():
 
 def test_unquoted_no_in_yaml_means_the_string(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  mixed_precision: no\n  epochs: 3\n")
+    path.write_text("train:\n  mixed_precision: no\n  epochs: 3\nloss:\n  label_smoothing: off\n")
     cfg = load_config(path)
-    assert cfg.train.mixed_precision == "no" and cfg.train.epochs == 3
+    assert cfg.train.mixed_precision == "no" and cfg.train.epochs == 3 and cfg.loss.label_smoothing is False
 
 
 def test_bad_yaml_file(tmp_path):
