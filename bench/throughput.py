@@ -13,44 +13,22 @@ import argparse
 import platform
 import resource
 import statistics
-import time
 
 import torch
-from accelerate import Accelerator
 
+from bench.speed import Ours, timed
 from dcgan.config import load_config
-from dcgan.training import build_training_objects, train_step, use_cpu
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from dcgan.training import use_cpu
 
 
 def measure(cfg, steps: int, warmup: int, repeats: int) -> dict:
-    accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
-    device, batch = accelerator.device, cfg.train.batch_size
-    torch.manual_seed(cfg.train.seed)
-    G, D, _, opt_g, opt_d = build_training_objects(cfg, accelerator)
-    D_raw = accelerator.unwrap_model(D)
-    size = cfg.data.image_size
-    images = torch.rand(batch * 4, 1, size, size, device=device) * 2 - 1
+    """The real train_step on device-resident random images (the same runner bench.speed times)."""
+    ours = Ours(cfg, device_cpu=use_cpu(cfg))
+    device = ours.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def run(n: int) -> float:
-        sync(device)
-        start = time.perf_counter()
-        for i in range(n):
-            real = images[(i % 4) * batch:(i % 4 + 1) * batch]
-            z = torch.randn(batch, cfg.model.nz, device=device)
-            stats = train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, 0.85, 0.2)
-        stats.sum().item()  # one host sync at the end, as the trainer does at its log interval
-        sync(device)
-        return n * batch / (time.perf_counter() - start)
-
-    run(warmup)
-    rates = [run(steps) for _ in range(repeats)]
+    ours.run(warmup)
+    rates = [timed(ours, steps, cfg.train.batch_size, device) for _ in range(repeats)]
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"img_per_s": statistics.median(rates), "rates": rates, "peak_mib": peak / 2**20,
