@@ -80,6 +80,7 @@ class EvalConfig:
     reference: str = "test"       # MNIST split to compare with
     best_metric: str = "clf_fid"  # keep <run_dir>/best.pt by this metric
     patience: int = 0             # stop after this many evaluations without improvement (0: never)
+    target: float = 0.0           # stop once best_metric reaches this value, e.g. fid <= 10 (0: off)
     classifier_weights: str = ""  # "" = newest in the cache (python -m evaluation.classifier)
     inception_weights: str = ""   # for fid/kid offline
 
@@ -241,6 +242,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         need(0 <= value <= 1, f"{key}={value} must be in [0, 1]")
     need(cfg.eval.every_epochs >= 0, f"eval.every_epochs={cfg.eval.every_epochs} must be 0 (off) or positive")
     need(cfg.eval.patience >= 0, f"eval.patience={cfg.eval.patience} must be 0 (off) or positive")
+    need(cfg.eval.target >= 0, f"eval.target={cfg.eval.target} must be 0 (off) or positive")
+    need(not cfg.eval.target or cfg.eval.every_epochs > 0,
+         f"eval.target={cfg.eval.target:g} needs evaluations: set eval.every_epochs (e.g. eval.every_epochs=1)")
     need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
     need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
     need(cfg.train.batch_size % world_size == 0,

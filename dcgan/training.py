@@ -146,6 +146,7 @@ class TrainResult:
     generator: torch.nn.Module       # unwrapped, on the training device
     discriminator: torch.nn.Module
     ema: torch.nn.Module
+    train_seconds: float             # wall time spent training, start-up and evaluations excluded, across resumes
     stopped_by: str = ""             # "SIGTERM"/"SIGUSR1" when a signal stopped the run early (checkpoint written)
 
 
@@ -192,7 +193,7 @@ def train(cfg: Config) -> TrainResult:
         from evaluation.during_training import PeriodicEvaluator  # measurement stays a separate package
         evaluator = PeriodicEvaluator(cfg.eval, cfg.data.root, cfg.data.image_size, cfg.model.nz, device)
 
-    step = 0
+    step, seconds_before_resume = 0, 0.0
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from)
         ckpt.check_compatible(state["config"], cfg.flat(), resume_from)
@@ -206,34 +207,47 @@ def train(cfg: Config) -> TrainResult:
         restore_rng_state(state["rng"], noise_generator)
         if evaluator and state.get("eval"):
             evaluator.load_state_dict(state["eval"])
-        step = state["step"]
+        step, seconds_before_resume = state["step"], state.get("train_seconds", 0.0)
         log.info(f"resumed from {resume_from} at step {step}")
 
-    def training_state(step: int) -> dict:
+    def training_state(step: int, train_seconds: float) -> dict:
         return {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "ema": ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "step": step, "epoch": step // per_epoch, "rng": rng_state(noise_generator), "config": cfg.to_dict(),
-                "eval": evaluator.state_dict() if evaluator else None}
+                "eval": evaluator.state_dict() if evaluator else None, "train_seconds": train_seconds}
 
     def save(step: int) -> None:
         if accelerator.is_main_process:
-            path = ckpt.save_checkpoint(training_state(step), run_dir, step, cfg.train.keep_last)
+            path = ckpt.save_checkpoint(training_state(step, training_seconds()), run_dir, step, cfg.train.keep_last)
             log.info(f"checkpoint {path}")
 
-    def run_evaluation(step: int) -> bool:
-        """Main process: metrics of the EMA generator, best.pt; every process: whether to stop early."""
-        decision = [False]
+    def training_seconds() -> float:
+        """For time-to-quality: wall time since the loop began (plus before a resume), evaluations excluded."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # queued GPU work is training time not yet done
+        return seconds_before_resume + time.perf_counter() - loop_start - eval_seconds
+
+    def run_evaluation(step: int) -> str:
+        """Main process: metrics of the EMA generator, best.pt; every process: why to stop early ('' = go on)."""
+        decision = [""]
         if accelerator.is_main_process:
+            seconds = training_seconds()
             values = evaluator.evaluate(ema)
-            log.scalars({f"eval/{name}": value for name, value in values.items()}, step=step)
+            log.scalars({**{f"eval/{name}": value for name, value in values.items()}, "time/train_seconds": seconds},
+                        step=step)
             improved = evaluator.record(values)
             if improved:
-                ckpt.atomic_save(training_state(step), run_dir / "best.pt")
+                ckpt.atomic_save(training_state(step, seconds), run_dir / "best.pt")
             shown = " ".join(f"{name} {value:.4g}" for name, value in values.items())
-            log.info(f"eval step {step}: {shown}; best {cfg.eval.best_metric} {evaluator.best:.4g}"
-                     f"{' (new best: best.pt)' if improved else f' ({evaluator.evaluations_since_best} without improvement)'}")
-            decision = [evaluator.should_stop()]
+            log.info(f"eval step {step} after {seconds:.1f} s of training: {shown}; best {cfg.eval.best_metric} "
+                     f"{evaluator.best:.4g}{' (new best: best.pt)' if improved else f' ({evaluator.evaluations_since_best} without improvement)'}")
+            metric = cfg.eval.best_metric
+            if evaluator.reached_target(values):
+                decision = [f"{metric} {values[metric]:.4g} reached eval.target={cfg.eval.target:g} "
+                            f"after {seconds:.1f} s of training"]
+            elif evaluator.should_stop():
+                decision = [f"{metric} has not improved in {cfg.eval.patience} evaluations"]
         if world > 1:
             broadcast_object_list(decision, from_process=0)
         return decision[0]
@@ -256,7 +270,8 @@ def train(cfg: Config) -> TrainResult:
     epoch_sums = torch.zeros(4, device=device)  # the same since the epoch (or the resume) began
     epoch_count, skipped_d, skipped_g = 0, 0, 0
     last_log_step, last_log_time = step, time.perf_counter()
-    early_stop = False
+    early_stop = ""
+    loop_start, eval_seconds = time.perf_counter(), 0.0
 
     while step < total_steps:
         epoch = step // per_epoch
@@ -294,35 +309,38 @@ def train(cfg: Config) -> TrainResult:
                 last_log_step, last_log_time = step, time.perf_counter()
 
             end_of_epoch = step % per_epoch == 0
-            early_stop = False
+            early_stop = ""
             if end_of_epoch or step == total_steps:
                 report_epoch(epoch, epoch_sums, epoch_count)
                 epoch_sums.zero_()
                 epoch_count = 0
                 if evaluator and end_of_epoch and evaluator.due(epoch):
+                    eval_start = time.perf_counter()
                     early_stop = run_evaluation(step)
+                    eval_seconds += time.perf_counter() - eval_start
             stopping = stop.agreed()
             if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == total_steps or stopping:
                 save(step)
             if early_stop:
-                log.info(f"early stopping at step {step}: {cfg.eval.best_metric} has not improved in "
-                         f"{cfg.eval.patience} evaluations; the best model is {run_dir / 'best.pt'}")
+                log.info(f"early stopping at step {step}: {early_stop}; the best model is {run_dir / 'best.pt'}")
                 break
             if stopping:
                 signal_name = stop.signal_name or "SIGTERM"  # another process got it; we stop with it
                 log.info(f"stopping at step {step} on {signal_name}: checkpoint written; "
                          f"train.resume=latest continues from it")
-                return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema, signal_name))
+                return _finish(accelerator, log, stop,
+                               TrainResult(run_dir, step, G_raw, D_raw, ema, training_seconds(), signal_name))
             if step >= total_steps:
                 break
         if early_stop:
             break
 
+    seconds = training_seconds()
     if accelerator.is_main_process:
         ckpt.atomic_save(ema.state_dict(), run_dir / "generator.pt")
         ckpt.atomic_save(D_raw.state_dict(), run_dir / "discriminator.pt")
-        log.info(f"done: {step} steps; generator (EMA) and discriminator in {run_dir}")
-    return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema))
+        log.info(f"done: {step} steps, {seconds:.1f} s of training; generator (EMA) and discriminator in {run_dir}")
+    return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema, seconds))
 
 
 def _finish(accelerator: Accelerator, log: RunLog, stop: StopRequest, result: TrainResult) -> TrainResult:

@@ -1,4 +1,5 @@
-"""Periodic evaluation inside a training run (main process): metrics to TensorBoard, best.pt, early stopping."""
+"""Periodic evaluation inside a training run (main process): metrics to TensorBoard, best.pt, early stopping
+(no improvement for eval.patience evaluations, or eval.target reached: time-to-quality)."""
 from __future__ import annotations
 
 import math
@@ -55,6 +56,13 @@ class PeriodicEvaluator:
         else:
             self.evaluations_since_best += 1
         return better
+
+    def reached_target(self, values: dict[str, float]) -> bool:
+        """eval.target met by this evaluation (<= for distances like FID, >= for scores)."""
+        if not self.cfg.target:
+            return False
+        value = values[self.cfg.best_metric]
+        return value <= self.cfg.target if self.cfg.best_metric in LOWER_IS_BETTER else value >= self.cfg.target
 
     def should_stop(self) -> bool:
         return self.cfg.patience > 0 and self.evaluations_since_best >= self.cfg.patience

@@ -200,6 +200,33 @@ def test_best_metric_and_patience_logic(tiny_classifier, mnist_root):
     assert evaluator.record({"confident_share": 0.5}) and not evaluator.record({"confident_share": 0.4})
 
 
+def test_target_direction_follows_the_metric(tiny_classifier, mnist_root):
+    cfg = EvalConfig(every_epochs=1, metrics="clf_fid,coverage", num_samples=10, best_metric="clf_fid", target=10.0,
+                     classifier_weights=str(tiny_classifier))
+    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
+    assert evaluator.reached_target({"clf_fid": 9.5}) and not evaluator.reached_target({"clf_fid": 10.5})
+    cfg.best_metric, cfg.target = "confident_share", 0.8                # larger is better
+    assert evaluator.reached_target({"confident_share": 0.9}) and not evaluator.reached_target({"confident_share": 0.7})
+    cfg.target = 0.0                                                    # off
+    assert not evaluator.reached_target({"confident_share": 1.0})
+
+
+def test_training_stops_at_target_and_reports_time_to_quality(tiny_classifier, mnist_root, tmp_path):
+    # Any generator covers at least one class: the first evaluation (step 16) meets classes_covered >= 1.
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
+                      "eval.every_epochs=1", "eval.metrics=coverage", "eval.num_samples=50",
+                      f"eval.classifier_weights={tiny_classifier}", "eval.best_metric=classes_covered",
+                      "eval.target=1"])
+    run_dir = only_run_dir(tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert "early stopping at step 16: classes_covered" in log and "reached eval.target=1 after" in log
+    seconds = float(log.split("reached eval.target=1 after ")[1].split(" s of training")[0])
+    final = torch.load(run_dir / "checkpoints" / "ckpt-00000016.pt", weights_only=False)
+    assert 0 < seconds <= final["train_seconds"] + 0.05 and (run_dir / "generator.pt").is_file()  # log: 0.1 s
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("time/train_seconds")] == [pytest.approx(seconds, abs=0.05)]
+
+
 def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_root, tmp_path):
     run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
                       "eval.every_epochs=1", "eval.metrics=clf_fid,coverage", "eval.num_samples=50",
@@ -207,7 +234,7 @@ def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_ro
                       "eval.patience=2"])
     run_dir = only_run_dir(tmp_path)
     log = (run_dir / "train.log").read_text()
-    assert "eval step 16:" in log and (run_dir / "best.pt").is_file()
+    assert "eval step 16 after" in log and (run_dir / "best.pt").is_file()
     # classes_covered tops out at 10 (or stalls below it): patience 2 must end the run well before 40 epochs
     assert "early stopping at step" in log
     stopped = int(log.split("early stopping at step ")[1].split(":")[0])
@@ -223,3 +250,5 @@ def test_eval_config_errors(tiny_classifier, mnist_root, tmp_path):
                                "eval.metrics=clf_fid", "eval.best_metric=fid",
                                f"eval.classifier_weights={tiny_classifier}"], check=False)
     assert result.returncode == 2 and "eval.best_metric='fid' is not computed" in result.stderr
+    result = run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "eval.target=10"], check=False)
+    assert result.returncode == 2 and "eval.target=10 needs evaluations: set eval.every_epochs" in result.stderr

@@ -48,6 +48,9 @@ def test_kill_and_resume_matches_straight_run(mnist_root, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     ckpt_k = killed_out / "000-mnist64" / "checkpoints" / f"ckpt-{k:08d}.pt"
+    state = torch.load(ckpt_k, weights_only=False)
+    assert 0 < state["train_seconds"] < 120
+    atomic_save({**state, "train_seconds": 1000.0}, ckpt_k)
 
     resumed_dir = tmp_path / "resumed"
     result = run_train(common + [f"train.resume={ckpt_k}", f"train.run_dir={resumed_dir}", f"train.max_steps={2 * k}"])
@@ -55,6 +58,8 @@ def test_kill_and_resume_matches_straight_run(mnist_root, tmp_path):
     resumed = load_ckpt(resumed_dir, 2 * k)
     assert resumed["step"] == straight["step"] == 2 * k
     assert_same_state(straight, resumed)
+    # training time carries over: the resumed run's clock starts from the checkpoint's (set to 1000 s), not zero
+    assert 1000 < resumed["train_seconds"] < 1000 + 120
 
 
 def test_resume_latest_continues_the_newest_run(mnist_root, tmp_path):
