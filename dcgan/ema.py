@@ -23,5 +23,4 @@ def update_ema(ema: nn.Module, generator: nn.Module, decay: float, step: int) ->
     ema_params = [p for p in ema.parameters()]
     params = [p.detach() for p in generator.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), generator.buffers()):
-        ema_buffer.copy_(buffer)
+    torch._foreach_copy_(list(ema.buffers()), list(generator.buffers()))  # a few kernels, not one per buffer

@@ -42,3 +42,19 @@ def test_init_statistics():
     scales = torch.cat([m.weight for m in bns])
     assert abs(scales.mean().item() - 1) < 5e-3 and abs(scales.std().item() - 0.02) < 5e-3
     assert all(torch.all(m.bias == 0) for m in bns)
+
+
+def test_ema_update_averages_parameters_and_copies_buffers():
+    from dcgan.ema import make_ema, update_ema
+    G, _ = build_models(28, nz=16, ngf=8, ndf=8)
+    ema = make_ema(G)
+    before = [p.clone() for p in ema.parameters()]
+    G.train()(torch.randn(8, 16))                           # BatchNorm running statistics move
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    update_ema(ema, G, decay=0.999, step=10**6)             # the ramp is over: decay 0.999
+    for old, new, current in zip(before, ema.parameters(), G.parameters()):
+        assert torch.allclose(new, 0.999 * old + 0.001 * current, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers()))
+    assert sum(1 for _ in ema.buffers()) > 0
