@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 # A tiny model that trains in a few ms per step on a 2-core CPU: tests exercise the code path, not quality.
+# On the CPU even where a GPU is present (gloo, bit-exact resume); tests/test_gpu.py covers CUDA.
 TINY = ["data.image_size=28", "model.nz=16", "model.ngf=8", "model.ndf=8", "train.batch_size=32",
-        "train.log_every=4", "train.num_samples=16", "data.download=false"]
+        "train.log_every=4", "train.num_samples=16", "data.download=false", "train.cpu=true"]
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:

@@ -101,8 +101,6 @@ def test_missing_data_is_a_one_line_error(tmp_path):
 
 
 def test_fp16_without_gpu_is_a_one_line_error(mnist_root, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("fp16 is valid with a GPU")
     result = run_train(TINY + [f"data.root={mnist_root}", "train.mixed_precision=fp16"], check=False)
     assert "fp16 needs a CUDA GPU" in one_line_error(result)
 
