@@ -2,7 +2,8 @@
 
     python -m bench.speed --data-root ../shared/data       # 64x64 model, batch 128, best settings for the device
     python -m bench.speed --precision fp32 --no-channels-last --no-fused  # ours with every speed option off
-    python -m bench.speed --batch-size 256 --precision fp16 --compile
+    python -m bench.speed --batch-size 256 --precision fp16 --compile --compile-mode reduce-overhead
+    python -m bench.speed --config configs/mnist32.yaml model.ngf=16    # any config override, as for training
     python -m bench.speed --grid --precisions no,fp16,bf16 --batch-sizes 128,256   # table: one process per cell
 
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
@@ -16,6 +17,7 @@ is `ratio ours/reference: N.NN`. FLOP/s counts the convolutions: a step is 3 G f
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -162,64 +164,98 @@ def timed(runner, steps: int, batch: int, device: torch.device) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-# Option sets of the --grid table: everything off, the cheap switches, and torch.compile on top.
+def rounds_steps(runner, seconds: float, batch: int, device: torch.device) -> int:
+    """Steps that take about `seconds` for this runner: a GPU does thousands of steps in the time a CPU does few."""
+    rate = timed(runner, 3, batch, device)
+    return max(3, round(seconds * rate / batch))
+
+
+# Option sets of the --grid table: everything off, the cheap switches, and torch.compile on top
+# (on CUDA also with CUDA graphs, which remove the launch overhead of many small kernels).
 GRID_OPTIONS = {"plain": ["--no-channels-last", "--no-fused"], "channels_last+fused": [],
                 "channels_last+fused+compile": ["--compile"]}
+CUDA_GRID_OPTIONS = {"channels_last+fused+compile(reduce-overhead)": ["--compile", "--compile-mode", "reduce-overhead"]}
 
 
 def grid(args) -> int:
     """One subprocess per cell (Accelerate fixes the precision once per process); ours only."""
     import subprocess
     import sys
-    print(f"{'precision':>9} {'batch':>6} {'options':<28} {'img/s':>9} {'TFLOP/s':>8} {'peak CUDA MiB':>14}")
+    unknown = set(args.grid_options.split(",")) - set(GRID_OPTIONS) - set(CUDA_GRID_OPTIONS)
+    if unknown:
+        print(f"error: unknown --grid-options {','.join(sorted(unknown))}: choose from "
+              f"{', '.join([*GRID_OPTIONS, *CUDA_GRID_OPTIONS])}")
+        return 2
+    print(f"{'precision':>9} {'batch':>6} {'options':<44} {'img/s':>9} {'TFLOP/s':>8} {'peak MiB':>9}")
     for precision in args.precisions.split(","):
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            for name, flags in GRID_OPTIONS.items():
+            cuda = torch.cuda.is_available() and not args.cpu
+            option_sets = {**GRID_OPTIONS, **(CUDA_GRID_OPTIONS if cuda else {})}
+            for name, flags in ((n, option_sets[n]) for n in args.grid_options.split(",") if n in option_sets):
                 cmd = [sys.executable, "-m", "bench.speed", "--config", args.config, "--precision", precision,
-                       "--batch-size", str(batch), "--no-reference", "--rounds", str(args.rounds), *flags]
+                       "--batch-size", str(batch), "--no-reference", "--rounds", str(args.rounds),
+                       "--seconds", str(args.seconds), *flags, *args.overrides]
                 if args.cpu:
                     cmd.append("--cpu")
-                out = subprocess.run(cmd, capture_output=True, text=True).stdout
-                ours = next((l for l in out.splitlines() if l.strip().startswith("ours:") and "img/s" in l), None)
+                cell = subprocess.run(cmd, capture_output=True, text=True)
+                out = cell.stdout.splitlines()
+                ours = next((l for l in out if l.strip().startswith("ours:") and "img/s" in l), None)
                 if ours is None:
-                    print(f"{precision:>9} {batch:>6} {name:<28} {'failed':>9}  {out.strip().splitlines()[-1:]}")
+                    why = (cell.stdout.strip() or cell.stderr.strip() or "no output").splitlines()[-1]
+                    print(f"{precision:>9} {batch:>6} {name:<44} {'failed':>9}  {why[:200]}", flush=True)
                     continue
                 rate = ours.split()[1]
                 tflops = ours.split(";")[1].split()[0]
-                memory = next((l.split(":")[1].split()[0] for l in out.splitlines() if l.startswith("peak CUDA")), "-")
-                print(f"{precision:>9} {batch:>6} {name:<28} {rate:>9} {tflops:>8} {memory:>14}", flush=True)
+                memory = next((l.split(":")[1].split()[0] for l in out if l.startswith("peak ")), "-")
+                print(f"{precision:>9} {batch:>6} {name:<44} {rate:>9} {tflops:>8} {memory:>9}", flush=True)
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a benchmarked step is: model config, batch, precision, speed options, device."""
     parser.add_argument("--config", default="configs/mnist64.yaml")
-    parser.add_argument("--data-root", default="data", help="MNIST for the reference loop's DataLoader")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", default="best", help="no | fp16 | bf16 | best (fp16 on CUDA, bf16 on CPU)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--no-fused", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", help="default | reduce-overhead | max-autotune")
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is present")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: ~10 s of work)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (the model, not speed)")
+
+
+def step_config(args) -> tuple:
+    """(config, device, precision) for the step described by add_step_arguments' options."""
+    cuda = torch.cuda.is_available() and not args.cpu
+    precision = args.precision if args.precision != "best" else ("fp16" if cuda else "bf16")
+    cfg = load_config(args.config, [*args.overrides, f"train.batch_size={args.batch_size}",
+                                    f"train.mixed_precision={precision}", f"train.channels_last={not args.no_channels_last}",
+                                    f"optim.fused={not args.no_fused}", f"train.compile={args.compile}",
+                                    f"train.compile_mode={args.compile_mode}", f"train.cpu={not cuda}"])
+    return cfg, torch.device("cuda" if cuda else "cpu"), precision
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser)
+    parser.add_argument("--data-root", default="data", help="MNIST for the reference loop's DataLoader")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: from --seconds)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="length of a round: steps are sized from a short timed run after the warm-up")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time only ours")
     parser.add_argument("--grid", action="store_true", help="table over --precisions x --batch-sizes x option sets")
     parser.add_argument("--precisions", default="no,bf16", help="for --grid")
     parser.add_argument("--batch-sizes", default="128", help="for --grid")
+    parser.add_argument("--grid-options", default=",".join([*GRID_OPTIONS, *CUDA_GRID_OPTIONS]),
+                        help="for --grid: option sets to run, by name (those needing CUDA are skipped without it)")
     args = parser.parse_args(argv)
     if args.grid:
         return grid(args)
 
-    cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda" if cuda else "cpu")
-    precision = args.precision if args.precision != "best" else ("fp16" if cuda else "bf16")
-    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", f"train.mixed_precision={precision}",
-                                    f"train.channels_last={not args.no_channels_last}",
-                                    f"optim.fused={not args.no_fused}", f"train.compile={args.compile}",
-                                    f"train.cpu={not cuda}"])
-    steps = args.steps or (20 if cuda else max(2, 1200 // args.batch_size))
+    cfg, device, precision = step_config(args)
+    cuda = device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -229,28 +265,32 @@ def main(argv=None) -> int:
     except DataError as exc:
         print(f"error: {exc}")
         return 2
-    for runner in runners.values():
+    steps = {}
+    for name, runner in runners.items():
         runner.run(args.warmup)
+        steps[name] = args.steps or rounds_steps(runner, args.seconds, args.batch_size, device)
     rates = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, runner in runners.items():
-            rates[name].append(timed(runner, steps, args.batch_size, device))
+            rates[name].append(timed(runner, steps[name], args.batch_size, device))
 
     flops = step_flops(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf, args.batch_size)
     peak = peak_tflops(device, precision)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     options = (f"precision {precision}, channels_last {cfg.train.channels_last}, fused Adam {cfg.optim.fused}, "
-               f"compile {cfg.train.compile}")
+               f"compile {cfg.train.compile and cfg.train.compile_mode}")
     print(f"{args.config}: {cfg.data.image_size}px, batch {args.batch_size}, {where}, torch {torch.__version__}")
     print(f"ours: {options}; reference: fp32, DataLoader + PIL transforms, Sigmoid + BCELoss")
     for name, values in rates.items():
         median = statistics.median(values)
         achieved = median / args.batch_size * flops / 1e12
         vs_peak = f", {100 * achieved / peak:.1f}% of ~{peak:.2f} TFLOP/s peak (estimated)" if peak and name == "ours" else ""
-        print(f"{name:>9}: {median:8.1f} img/s (rounds {', '.join(f'{v:.1f}' for v in values)}); "
+        print(f"{name:>9}: {median:8.1f} img/s (rounds of {steps[name]} steps: {', '.join(f'{v:.1f}' for v in values)}); "
               f"{achieved:.3f} TFLOP/s{vs_peak}")
     if device.type == "cuda":
         print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+    else:
+        print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
     if "reference" in rates:
         print(f"ratio ours/reference: {statistics.median(rates['ours']) / statistics.median(rates['reference']):.2f}")
     return 0

@@ -15,6 +15,7 @@ import yaml
 
 IMAGE_SIZES = (28, 32, 64)
 PRECISIONS = ("no", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead = CUDA graphs
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,7 @@ class TrainConfig:
     cpu: bool = False             # force CPU even when CUDA is present
     channels_last: bool = True    # NHWC convolutions: faster on CPUs (oneDNN) and tensor cores
     compile: bool = False         # torch.compile G and D (slow first steps; see BENCHMARKS.md)
+    compile_mode: str = "default" # default | reduce-overhead (CUDA graphs: less launch overhead) | max-autotune
     ema_decay: float = 0.999      # EMA of the generator's weights (samples and exported generator)
     log_every: int = 50           # steps between scalar logs (the only host syncs in the loop)
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at each epoch end)
@@ -230,6 +232,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
     need(cfg.train.mixed_precision in PRECISIONS,
          f"train.mixed_precision='{cfg.train.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
+    need(cfg.train.compile_mode in COMPILE_MODES,
+         f"train.compile_mode='{cfg.train.compile_mode}' is not one of {', '.join(COMPILE_MODES)}")
     for key in ("optim.lr_g", "optim.lr_d"):
         value = getattr(cfg.optim, key.split(".")[1])
         need(value > 0, f"{key}={value} must be positive")

@@ -107,8 +107,8 @@ def build_training_objects(cfg: Config, accelerator: Accelerator):
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=cfg.optim.fused or None)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=cfg.optim.fused or None)
     if cfg.train.compile:
-        G.compile()  # in place: state_dict keys stay those of the plain modules
-        D.compile()
+        G.compile(mode=cfg.train.compile_mode)  # in place: state_dict keys stay those of the plain modules
+        D.compile(mode=cfg.train.compile_mode)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     return G, D, ema, opt_g, opt_d
 

@@ -1,7 +1,11 @@
 """Speed options are switches of the one training loop: each must train, and keep checkpoints portable."""
+import re
+import subprocess
+import sys
+
 import torch
 
-from conftest import TINY, load_ckpt, only_run_dir, run_train
+from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
 from bench.speed import conv_flops, step_flops
 from dcgan.models import Generator, build_models
 
@@ -30,3 +34,22 @@ def test_conv_flop_count():
     per_image = step_flops(64, 100, 64, 64, batch=1)
     assert per_image == 3 * conv_flops(G, torch.zeros(1, 100)) + 8 * conv_flops(D, torch.zeros(1, 1, 64, 64))
     assert 2.0e9 < per_image < 2.5e9   # the 64x64 DCGAN: ~0.2 GFLOP per image for a G or a D forward
+
+
+def test_benchmark_prints_the_ratio_line_other_scripts_read(mnist_root):
+    model = [o for o in TINY if o.startswith(("data.image_size", "model."))]
+    result = subprocess.run([sys.executable, "-m", "bench.speed", "--config", "configs/mnist32.yaml", "--data-root",
+                             str(mnist_root), "--batch-size", "32", "--seconds", "0.3", "--rounds", "2", "--warmup", "1",
+                             *model], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "28px, batch 32" in lines[0] and re.fullmatch(r"ratio ours/reference: \d+\.\d\d", lines[-1]), lines
+    for name in ("ours", "reference"):
+        rounds = next(l for l in lines if l.strip().startswith(f"{name}:") and "img/s" in l).split("rounds of ")[1]
+        assert len(rounds.split(":")[1].split(";")[0].split(",")) == 2       # --rounds 2, each timed
+
+
+def test_benchmark_data_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.speed", "--data-root", str(tmp_path), "--seconds", "0.1"],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout.strip().startswith("error:") and len(result.stdout.splitlines()) == 1
