@@ -40,6 +40,8 @@ def test_overrides_are_typed():
     ("train.epochs=0", "train.epochs"),
     ("data.image_size=48", "data.image_size"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("train.compile_mode=fast", "train.compile_mode"),
+    ("eval.target=-1", "eval.target"),
     ("optim.lr_d=-1", "optim.lr_d"),
     ("optim.beta1=1.5", "optim.beta1"),
     ("model.sync_bn=maybe", "model.sync_bn"),
