@@ -12,7 +12,8 @@
 #   profile  GPU busy vs wall time per step at batch 128 (is the step launch-bound?)
 #   grid     fp32/fp16/bf16 x speed options at batch 128: img/s, TFLOP/s, peak memory
 #   batches  fp16 at larger batches, for the fraction of peak at the best batch size
-#   quality  time to quality: fp16 training until Inception FID <= 10 (10k samples vs MNIST test)
+#   quality  time to quality: fp16 training until Inception FID <= 10 (10k samples vs MNIST test), at most
+#            $QUALITY_EPOCHS epochs (default 15), evaluating after each
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,7 +34,7 @@ run_stage() {
         batches) $PY -m bench.speed --grid --precisions fp16 --batch-sizes 256,512,1024,2048 --seconds 2 \
                      --grid-options "channels_last+fused,channels_last+fused+compile(reduce-overhead)" ;;
         quality) $PY train_ddp.py --config configs/mnist64.yaml data.root="$DATA" data.download=false \
-                     train.out_dir="$RUNS" train.mixed_precision=fp16 train.epochs=30 \
+                     train.out_dir="$RUNS" train.mixed_precision=fp16 train.epochs="${QUALITY_EPOCHS:-15}" \
                      eval.every_epochs=1 eval.metrics=fid eval.best_metric=fid eval.num_samples=10000 \
                      eval.target=10 eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" \
                  && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log ;;
