@@ -211,14 +211,19 @@ def test_target_direction_follows_the_metric(tiny_classifier, mnist_root):
     assert not evaluator.reached_target({"confident_share": 1.0})
 
 
+def train_evaluating_every_epoch(mnist_root, tmp_path, classifier, *overrides):
+    """Up to 40 epochs of 16 steps, judged by classes_covered after each; returns the run dir and its train.log."""
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
+                      "eval.every_epochs=1", "eval.num_samples=50", f"eval.classifier_weights={classifier}",
+                      "eval.best_metric=classes_covered", *overrides])
+    run_dir = only_run_dir(tmp_path)
+    return run_dir, (run_dir / "train.log").read_text()
+
+
 def test_training_stops_at_target_and_reports_time_to_quality(tiny_classifier, mnist_root, tmp_path):
     # Any generator covers at least one class: the first evaluation (step 16) meets classes_covered >= 1.
-    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
-                      "eval.every_epochs=1", "eval.metrics=coverage", "eval.num_samples=50",
-                      f"eval.classifier_weights={tiny_classifier}", "eval.best_metric=classes_covered",
-                      "eval.target=1"])
-    run_dir = only_run_dir(tmp_path)
-    log = (run_dir / "train.log").read_text()
+    run_dir, log = train_evaluating_every_epoch(mnist_root, tmp_path, tiny_classifier,
+                                                "eval.metrics=coverage", "eval.target=1")
     assert "early stopping at step 16: classes_covered" in log and "reached eval.target=1 after" in log
     seconds = float(log.split("reached eval.target=1 after ")[1].split(" s of training")[0])
     final = torch.load(run_dir / "checkpoints" / "ckpt-00000016.pt", weights_only=False)
@@ -228,12 +233,8 @@ def test_training_stops_at_target_and_reports_time_to_quality(tiny_classifier, m
 
 
 def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_root, tmp_path):
-    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=40",
-                      "eval.every_epochs=1", "eval.metrics=clf_fid,coverage", "eval.num_samples=50",
-                      f"eval.classifier_weights={tiny_classifier}", "eval.best_metric=classes_covered",
-                      "eval.patience=2"])
-    run_dir = only_run_dir(tmp_path)
-    log = (run_dir / "train.log").read_text()
+    run_dir, log = train_evaluating_every_epoch(mnist_root, tmp_path, tiny_classifier,
+                                                "eval.metrics=clf_fid,coverage", "eval.patience=2")
     assert "eval step 16 after" in log and (run_dir / "best.pt").is_file()
     # classes_covered tops out at 10 (or stalls below it): patience 2 must end the run well before 40 epochs
     assert "early stopping at step" in log
