@@ -77,6 +77,13 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     return torch.get_num_threads() * mhz * 1e6 * per_cycle / 1e12
 
 
+def peak_memory(device: torch.device) -> tuple[str, float]:
+    """(what was measured, MiB): peak CUDA allocation on a GPU, the process's peak resident memory on a CPU."""
+    if device.type == "cuda":
+        return "CUDA memory allocated", torch.cuda.max_memory_allocated(device) / 2**20
+    return "process RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
 class Ours:
     def __init__(self, cfg, device_cpu: bool):
         from accelerate import Accelerator
@@ -187,10 +194,10 @@ def grid(args) -> int:
               f"{', '.join([*GRID_OPTIONS, *CUDA_GRID_OPTIONS])}")
         return 2
     print(f"{'precision':>9} {'batch':>6} {'options':<44} {'img/s':>9} {'TFLOP/s':>8} {'peak MiB':>9}")
+    cuda = torch.cuda.is_available() and not args.cpu
+    option_sets = {**GRID_OPTIONS, **(CUDA_GRID_OPTIONS if cuda else {})}
     for precision in args.precisions.split(","):
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            cuda = torch.cuda.is_available() and not args.cpu
-            option_sets = {**GRID_OPTIONS, **(CUDA_GRID_OPTIONS if cuda else {})}
             for name, flags in ((n, option_sets[n]) for n in args.grid_options.split(",") if n in option_sets):
                 cmd = [sys.executable, "-m", "bench.speed", "--config", args.config, "--precision", precision,
                        "--batch-size", str(batch), "--no-reference", "--rounds", str(args.rounds),
@@ -287,10 +294,8 @@ def main(argv=None) -> int:
         vs_peak = f", {100 * achieved / peak:.1f}% of ~{peak:.2f} TFLOP/s peak (estimated)" if peak and name == "ours" else ""
         print(f"{name:>9}: {median:8.1f} img/s (rounds of {steps[name]} steps: {', '.join(f'{v:.1f}' for v in values)}); "
               f"{achieved:.3f} TFLOP/s{vs_peak}")
-    if device.type == "cuda":
-        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
-    else:
-        print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+    kind, mib = peak_memory(device)
+    print(f"peak {kind}: {mib:.0f} MiB")
     if "reference" in rates:
         print(f"ratio ours/reference: {statistics.median(rates['ours']) / statistics.median(rates['reference']):.2f}")
     return 0

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import statistics
 
 import torch
 
-from bench.speed import Ours, timed
+from bench.speed import Ours, peak_memory, timed
 from dcgan.config import load_config
 from dcgan.training import use_cpu
 
@@ -29,10 +28,8 @@ def measure(cfg, steps: int, warmup: int, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     ours.run(warmup)
     rates = [timed(ours, steps, cfg.train.batch_size, device) for _ in range(repeats)]
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"img_per_s": statistics.median(rates), "rates": rates, "peak_mib": peak / 2**20,
-            "peak_kind": "CUDA allocated" if device.type == "cuda" else "process RSS", "device": device}
+    kind, mib = peak_memory(device)
+    return {"img_per_s": statistics.median(rates), "rates": rates, "peak_mib": mib, "peak_kind": kind, "device": device}
 
 
 def device_name(device: torch.device) -> str:
