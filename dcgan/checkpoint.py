@@ -61,9 +61,18 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}); "
                               f"resume from an earlier one in {path.parent}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (it holds a {type(state).__name__})")
     missing = {"generator", "discriminator", "ema", "opt_g", "opt_d", "step", "config"} - set(state)
-    if not isinstance(state, dict) or missing:
+    if missing:
         raise CheckpointError(f"{path} is not a training checkpoint of this project (missing {', '.join(sorted(missing))})")
+    return state
+
+
+def load_for_resume(path: Path, config_flat: dict) -> dict:
+    """A checkpoint that this config can continue: readable, complete, and trained with the same shapes."""
+    state = load_checkpoint(path)
+    check_compatible(state["config"], config_flat, path)
     return state
 
 

@@ -64,11 +64,18 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
 
 
 def resolve_run_dir(cfg: Config, state: PartialState) -> tuple[Path, Path | None]:
-    """The main process picks (and creates) the run dir; every process gets the same answer, or the same error."""
+    """The main process picks (and creates) the run dir and checks the checkpoint to resume from; every process
+    gets the same answer, or the same error. A checkpoint named by train.resume is checked before a run dir is
+    created for it, so a bad one leaves nothing behind."""
     answer = [None, None, None]
     if state.is_main_process:
         try:
+            named = cfg.train.resume not in ("", "latest")
+            if named and Path(cfg.train.resume).is_file():
+                ckpt.load_for_resume(Path(cfg.train.resume), cfg.flat())
             run_dir, resume_from = rundir.resolve(cfg.train.out_dir, cfg.train.run_dir, cfg.name, cfg.train.resume)
+            if resume_from is not None and not named:
+                ckpt.load_for_resume(resume_from, cfg.flat())
             answer = [str(run_dir), str(resume_from) if resume_from else None, None]
         except ckpt.CheckpointError as exc:
             answer = [None, None, str(exc)]
@@ -154,12 +161,22 @@ def train(cfg: Config) -> TrainResult:
     """Train a DCGAN as configured; every process returns its own models (for checks across processes)."""
     apply_launcher_settings(cfg)
     state = PartialState(cpu=use_cpu(cfg))  # starts the process group (gloo on CPU, NCCL on GPUs)
-    validate(cfg, world_size=state.num_processes)
-    with state.main_process_first():  # a download, if any, happens once; a data error leaves no empty run dir
+    world = state.num_processes
+    validate(cfg, world_size=world)
+    # Everything that can reject this configuration runs before the run dir exists: a mistake leaves no empty one.
+    with state.main_process_first():  # a download, if any, happens once
         digits = load_mnist_uint8(cfg.data.root, train=True, download=cfg.data.download)
+    global_batch, local_batch = cfg.train.batch_size, cfg.train.batch_size // world
+    per_epoch = steps_per_epoch(len(digits), global_batch)
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size={global_batch} is larger than the {len(digits)} training images")
+    evaluator = None
+    if cfg.eval.every_epochs:
+        from evaluation.during_training import PeriodicEvaluator  # measurement stays a separate package
+        evaluator = PeriodicEvaluator(cfg.eval, cfg.data.root, cfg.data.image_size, cfg.model.nz, state.device)
     run_dir, resume_from = resolve_run_dir(cfg, state)
     accelerator = make_accelerator(cfg, run_dir)
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    rank, device = accelerator.process_index, accelerator.device
     log = RunLog(accelerator, run_dir)
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -168,10 +185,6 @@ def train(cfg: Config) -> TrainResult:
 
     # ---- data: the whole training set on the device, resized once -----------------------------------
     images = to_training_images(digits, cfg.data.image_size, device)
-    global_batch, local_batch = cfg.train.batch_size, cfg.train.batch_size // world
-    per_epoch = steps_per_epoch(len(images), global_batch)
-    if per_epoch == 0:
-        raise ConfigError(f"train.batch_size={global_batch} is larger than the {len(images)} training images")
     total_steps = cfg.train.epochs * per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -188,26 +201,20 @@ def train(cfg: Config) -> TrainResult:
     real_label = cfg.loss.real_label if cfg.loss.label_smoothing else 1.0
     fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
 
-    evaluator = None
-    if cfg.eval.every_epochs:
-        from evaluation.during_training import PeriodicEvaluator  # measurement stays a separate package
-        evaluator = PeriodicEvaluator(cfg.eval, cfg.data.root, cfg.data.image_size, cfg.model.nz, device)
-
     step, seconds_before_resume = 0, 0.0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from)
-        ckpt.check_compatible(state["config"], cfg.flat(), resume_from)
-        ckpt.load_state(G_raw, state["generator"], "generator", resume_from)
-        ckpt.load_state(D_raw, state["discriminator"], "discriminator", resume_from)
-        ckpt.load_state(ema, state["ema"], "EMA generator", resume_from)
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"], noise_generator)
-        if evaluator and state.get("eval"):
-            evaluator.load_state_dict(state["eval"])
-        step, seconds_before_resume = state["step"], state.get("train_seconds", 0.0)
+        saved = ckpt.load_for_resume(resume_from, cfg.flat())
+        ckpt.load_state(G_raw, saved["generator"], "generator", resume_from)
+        ckpt.load_state(D_raw, saved["discriminator"], "discriminator", resume_from)
+        ckpt.load_state(ema, saved["ema"], "EMA generator", resume_from)
+        opt_g.load_state_dict(saved["opt_g"])
+        opt_d.load_state_dict(saved["opt_d"])
+        if accelerator.scaler is not None and saved.get("scaler"):
+            accelerator.scaler.load_state_dict(saved["scaler"])
+        restore_rng_state(saved["rng"], noise_generator)
+        if evaluator and saved.get("eval"):
+            evaluator.load_state_dict(saved["eval"])
+        step, seconds_before_resume = saved["step"], saved.get("train_seconds", 0.0)
         log.info(f"resumed from {resume_from} at step {step}")
 
     def training_state(step: int, train_seconds: float) -> dict:

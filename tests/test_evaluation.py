@@ -253,3 +253,4 @@ def test_eval_config_errors(tiny_classifier, mnist_root, tmp_path):
     assert result.returncode == 2 and "eval.best_metric='fid' is not computed" in result.stderr
     result = run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "eval.target=10"], check=False)
     assert result.returncode == 2 and "eval.target=10 needs evaluations: set eval.every_epochs" in result.stderr
+    assert not any(tmp_path.iterdir())  # rejected before a run dir was created

@@ -117,3 +117,18 @@ def test_bad_checkpoints_are_one_line_errors(short_run, mnist_root, tmp_path):
 
     wider = run_train(base + ["model.ngf=16", f"train.resume={run_dir}/checkpoints/ckpt-00000032.pt"], check=False)
     assert "model.ngf=8" in one_line_error(wider)
+
+    # A checkpoint outside a run dir would start a new numbered run dir: a bad one must not leave it behind.
+    loose = tmp_path / "loose.pt"
+    loose.write_bytes(corrupt.read_bytes())
+    assert "unreadable or truncated" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
+    torch.save([1, 2], loose)
+    assert "holds a list" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "loose.pt"]
+
+
+def test_impossible_batch_is_a_one_line_error_and_leaves_no_run_dir(mnist_root, tmp_path):
+    result = run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}/runs",
+                               "train.batch_size=1024"], check=False)
+    assert "train.batch_size=1024 is larger than the 512 training images" in one_line_error(result)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
