@@ -30,7 +30,7 @@ run_stage() {
         tests)   $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py ;;
         speed)   $PY -m bench.speed --data-root "$DATA" ;;
         profile) $PY -m bench.profile_step --precision fp16 --batch-size 128 ;;
-        grid)    $PY -m bench.speed --grid --precisions no,fp16,bf16 --batch-sizes 128 --seconds 2 ;;
+        grid)    $PY -m bench.speed --grid --precisions fp32,fp16,bf16 --batch-sizes 128 --seconds 2 ;;
         batches) $PY -m bench.speed --grid --precisions fp16 --batch-sizes 256,512,1024,2048 --seconds 2 \
                      --grid-options "channels_last+fused,channels_last+fused+compile(reduce-overhead)" ;;
         quality) $PY train_ddp.py --config configs/mnist64.yaml data.root="$DATA" data.download=false \

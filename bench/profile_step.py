@@ -16,7 +16,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.speed import Ours, add_step_arguments, rounds_steps, step_config, timed
+from bench.speed import Ours, add_step_arguments, rounds_steps, run_cli, step_config, timed
 
 
 def main(argv=None) -> int:
@@ -54,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -4,7 +4,7 @@
     python -m bench.speed --precision fp32 --no-channels-last --no-fused  # ours with every speed option off
     python -m bench.speed --batch-size 256 --precision fp16 --compile --compile-mode reduce-overhead
     python -m bench.speed --config configs/mnist32.yaml model.ngf=16    # any config override, as for training
-    python -m bench.speed --grid --precisions no,fp16,bf16 --batch-sizes 128,256   # table: one process per cell
+    python -m bench.speed --grid --precisions fp32,fp16,bf16 --batch-sizes 128,256   # table: one process per cell
 
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
 Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 
-from dcgan.config import load_config
+from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
 from dcgan.models import build_models
 
@@ -193,11 +194,18 @@ def grid(args) -> int:
         print(f"error: unknown --grid-options {','.join(sorted(unknown))}: choose from "
               f"{', '.join([*GRID_OPTIONS, *CUDA_GRID_OPTIONS])}")
         return 2
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes {args.batch_sizes}: give integers separated by commas") from None
+    for precision in args.precisions.split(","):  # a mistake fails here, not once per cell
+        for batch in batches:
+            step_config(argparse.Namespace(**{**vars(args), "precision": precision, "batch_size": batch}))
     print(f"{'precision':>9} {'batch':>6} {'options':<44} {'img/s':>9} {'TFLOP/s':>8} {'peak MiB':>9}")
     cuda = torch.cuda.is_available() and not args.cpu
     option_sets = {**GRID_OPTIONS, **(CUDA_GRID_OPTIONS if cuda else {})}
     for precision in args.precisions.split(","):
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        for batch in batches:
             for name, flags in ((n, option_sets[n]) for n in args.grid_options.split(",") if n in option_sets):
                 cmd = [sys.executable, "-m", "bench.speed", "--config", args.config, "--precision", precision,
                        "--batch-size", str(batch), "--no-reference", "--rounds", str(args.rounds),
@@ -222,7 +230,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """What a benchmarked step is: model config, batch, precision, speed options, device."""
     parser.add_argument("--config", default="configs/mnist64.yaml")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", default="best", help="no | fp16 | bf16 | best (fp16 on CUDA, bf16 on CPU)")
+    parser.add_argument("--precision", default="best", help="fp32 (or no) | fp16 | bf16 | best (fp16 on CUDA, bf16 on CPU)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--no-fused", action="store_true")
     parser.add_argument("--compile", action="store_true")
@@ -235,7 +243,8 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
 def step_config(args) -> tuple:
     """(config, device, precision) for the step described by add_step_arguments' options."""
     cuda = torch.cuda.is_available() and not args.cpu
-    precision = args.precision if args.precision != "best" else ("fp16" if cuda else "bf16")
+    # fp32 is the config's "no" (no mixed precision); "best" is what each device trains fastest in.
+    precision = {"best": "fp16" if cuda else "bf16", "fp32": "no"}.get(args.precision, args.precision)
     cfg = load_config(args.config, [*args.overrides, f"train.batch_size={args.batch_size}",
                                     f"train.mixed_precision={precision}", f"train.channels_last={not args.no_channels_last}",
                                     f"optim.fused={not args.no_fused}", f"train.compile={args.compile}",
@@ -253,7 +262,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time only ours")
     parser.add_argument("--grid", action="store_true", help="table over --precisions x --batch-sizes x option sets")
-    parser.add_argument("--precisions", default="no,bf16", help="for --grid")
+    parser.add_argument("--precisions", default="fp32,bf16", help="for --grid")
     parser.add_argument("--batch-sizes", default="128", help="for --grid")
     parser.add_argument("--grid-options", default=",".join([*GRID_OPTIONS, *CUDA_GRID_OPTIONS]),
                         help="for --grid: option sets to run, by name (those needing CUDA are skipped without it)")
@@ -265,13 +274,9 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        runners = {"ours": Ours(cfg, device_cpu=not cuda)}
-        if not args.no_reference:
-            runners["reference"] = Reference(cfg, args.data_root, device)
-    except DataError as exc:
-        print(f"error: {exc}")
-        return 2
+    runners = {"ours": Ours(cfg, device_cpu=not cuda)}
+    if not args.no_reference:
+        runners["reference"] = Reference(cfg, args.data_root, device)
     steps = {}
     for name, runner in runners.items():
         runner.run(args.warmup)
@@ -301,5 +306,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_cli(main) -> int:
+    """Run a bench entry point as train_ddp.py runs training: a config or data mistake is one line on stderr
+    and exit status 2, not a traceback."""
+    try:
+        return main()
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from bench.speed import Ours, peak_memory, timed
+from bench.speed import Ours, peak_memory, run_cli, timed
 from dcgan.config import load_config
 from dcgan.training import use_cpu
 
@@ -44,7 +44,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mnist64.yaml")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
@@ -57,6 +57,7 @@ def main() -> None:
     rates = ", ".join(f"{r:.0f}" for r in result["rates"])
     print(f"{args.config} {size_desc(cfg)} on {device_name(result['device'])}: "
           f"{result['img_per_s']:.0f} img/s (median of {rates}), peak {result['peak_kind']} {result['peak_mib']:.0f} MiB")
+    return 0
 
 
 def size_desc(cfg) -> str:
@@ -65,4 +66,4 @@ def size_desc(cfg) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

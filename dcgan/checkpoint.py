@@ -60,7 +60,7 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}); "
-                              f"resume from an earlier one in {path.parent}") from None
+                              f"use an earlier checkpoint from {path.parent}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a training checkpoint of this project (it holds a {type(state).__name__})")
     missing = {"generator", "discriminator", "ema", "opt_g", "opt_d", "step", "config"} - set(state)

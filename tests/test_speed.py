@@ -1,12 +1,14 @@
 """Speed options are switches of the one training loop: each must train, and keep checkpoints portable."""
+import argparse
 import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
-from bench.speed import conv_flops, step_flops
+from bench.speed import add_step_arguments, conv_flops, step_config, step_flops
 from dcgan.models import Generator, build_models
 
 
@@ -49,7 +51,25 @@ def test_benchmark_prints_the_ratio_line_other_scripts_read(mnist_root):
         assert len(rounds.split(":")[1].split(";")[0].split(",")) == 2       # --rounds 2, each timed
 
 
-def test_benchmark_data_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.speed", "--data-root", str(tmp_path), "--seconds", "0.1"],
-                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and result.stdout.strip().startswith("error:") and len(result.stdout.splitlines()) == 1
+@pytest.mark.parametrize("script, args, says", [
+    ("bench.speed", ["--data-root", "{tmp}", "--seconds", "0.1"], "MNIST not found"),
+    ("bench.speed", ["train.bogus=1"], "unknown key 'train.bogus'"),
+    ("bench.speed", ["--precision", "fp8"], "train.mixed_precision='fp8' is not one of"),
+    ("bench.speed", ["--grid", "--batch-sizes", "128,0"], "train.batch_size=0 must be a positive integer"),
+    ("bench.speed", ["--grid", "--batch-sizes", "128,big"], "--batch-sizes 128,big: give integers"),
+    ("bench.throughput", ["model.ngf=-1"], "model.ngf"),
+    ("bench.profile_step", ["--batch-size", "0"], "train.batch_size=0"),
+])
+def test_benchmark_mistakes_are_one_line_errors(script, args, says, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = subprocess.run([sys.executable, "-m", script, *args], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == "", (result.stdout, result.stderr[-2000:])
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1 and says in result.stderr
+
+
+def test_benchmark_takes_fp32_for_no_mixed_precision():
+    parser = argparse.ArgumentParser()
+    add_step_arguments(parser)
+    cfg, device, precision = step_config(parser.parse_args(["--precision", "fp32", "--cpu"]))
+    assert precision == cfg.train.mixed_precision == "no" and device.type == "cpu"
