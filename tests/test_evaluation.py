@@ -19,6 +19,7 @@ SHARED_DATA = SHARED / "data"
 INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
 CPU = torch.device("cpu")
 needs_mnist = pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST (../shared) absent")
+needs_inception = pytest.mark.skipif(not INCEPTION.is_file(), reason="Inception weights (../shared/models) absent")
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +174,7 @@ def test_cli_all_checkpoints_writes_curve_json_and_tensorboard(short_run, tiny_c
     assert "clf_fid" in result.stdout and "mnist-test-28px-60" in result.stdout
 
 
-@pytest.mark.skipif(not INCEPTION.is_file(), reason="Inception weights (../shared/models) absent")
+@needs_inception
 def test_cli_inception_metrics_offline(short_run, mnist_root, tmp_path):
     result = cli("--checkpoint", short_run, "--metrics", "fid,kid,isc", "--num-samples", 24, "--batch-size", 12,
                  "--inception-weights", INCEPTION, "--data-root", mnist_root, "--json", tmp_path / "e.json",
@@ -244,6 +245,21 @@ def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_ro
     assert best["step"] <= stopped and best["eval"]["best"] >= 1
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert "eval/clf_fid" in events.Tags()["scalars"]
+
+
+@needs_inception
+def test_time_to_quality_on_inception_fid_from_fp16_weights(mnist_root, tmp_path):
+    """bench/gpu_suite.sh's quality stage in small, on the CPU: Inception FID after each epoch, computed with a
+    float16 copy of the weights (the copy a device machine gets), and the stop at eval.target."""
+    weights = tmp_path / "inception-fp16.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in torch.load(INCEPTION, weights_only=True).items()},
+               weights)
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path / 'runs'}", "train.epochs=3",
+                      "eval.every_epochs=1", "eval.metrics=fid", "eval.best_metric=fid", "eval.num_samples=32",
+                      "eval.target=1000", f"eval.inception_weights={weights}"])
+    log = (only_run_dir(tmp_path / "runs") / "train.log").read_text()
+    fid = float(log.split("early stopping at step 16: fid ")[1].split()[0])  # an untrained G: far from real, < 1000
+    assert 50 < fid < 1000 and "reached eval.target=1000 after" in log and "eval step 16 after" in log
 
 
 def test_eval_config_errors(tiny_classifier, mnist_root, tmp_path):
