@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=15, help="kernels/ops shown in the table")
     args = parser.parse_args(argv)
     cfg, device, precision = step_config(args)
-    ours = Ours(cfg, device_cpu=device.type != "cuda")
+    ours = Ours(cfg)
     ours.run(args.warmup)
     batch, steps = cfg.train.batch_size, args.steps
     # Wall time per step without the profiler attached, over ~3 s of steps (a GPU step takes milliseconds).

@@ -86,10 +86,11 @@ def peak_memory(device: torch.device) -> tuple[str, float]:
 
 
 class Ours:
-    def __init__(self, cfg, device_cpu: bool):
+    def __init__(self, cfg):
         from accelerate import Accelerator
-        from dcgan.training import build_training_objects
-        self.accelerator = Accelerator(cpu=device_cpu, mixed_precision=cfg.train.mixed_precision)
+        from dcgan.training import build_training_objects, use_cpu
+        # use_cpu is the trainer's own check: fp16 without CUDA is an error, not an fp32 run under an fp16 label.
+        self.accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
         torch.manual_seed(0)
         self.G, self.D, _, self.opt_g, self.opt_d = build_training_objects(cfg, self.accelerator)
         self.D_raw = self.accelerator.unwrap_model(self.D)
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runners = {"ours": Ours(cfg, device_cpu=not cuda)}
+    runners = {"ours": Ours(cfg)}
     if not args.no_reference:
         runners["reference"] = Reference(cfg, args.data_root, device)
     steps = {}

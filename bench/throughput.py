@@ -17,12 +17,11 @@ import torch
 
 from bench.speed import Ours, peak_memory, run_cli, timed
 from dcgan.config import load_config
-from dcgan.training import use_cpu
 
 
 def measure(cfg, steps: int, warmup: int, repeats: int) -> dict:
     """The real train_step on device-resident random images (the same runner bench.speed times)."""
-    ours = Ours(cfg, device_cpu=use_cpu(cfg))
+    ours = Ours(cfg)
     device = ours.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -57,6 +57,7 @@ def test_benchmark_prints_the_ratio_line_other_scripts_read(mnist_root):
     ("bench.speed", ["--precision", "fp8"], "train.mixed_precision='fp8' is not one of"),
     ("bench.speed", ["--grid", "--batch-sizes", "128,0"], "train.batch_size=0 must be a positive integer"),
     ("bench.speed", ["--grid", "--batch-sizes", "128,big"], "--batch-sizes 128,big: give integers"),
+    ("bench.speed", ["--precision", "fp16", "--cpu"], "fp16 needs a CUDA GPU"),  # not fp32 labelled fp16
     ("bench.throughput", ["model.ngf=-1"], "model.ngf"),
     ("bench.profile_step", ["--batch-size", "0"], "train.batch_size=0"),
 ])
@@ -73,3 +74,27 @@ def test_benchmark_takes_fp32_for_no_mixed_precision():
     add_step_arguments(parser)
     cfg, device, precision = step_config(parser.parse_args(["--precision", "fp32", "--cpu"]))
     assert precision == cfg.train.mixed_precision == "no" and device.type == "cpu"
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    model = [o for o in TINY if o.startswith(("data.image_size", "model."))]
+    result = subprocess.run([sys.executable, "-m", script, *args, *model], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_grid_table_has_a_row_per_cell_and_says_why_a_cell_failed():
+    out = bench("bench.speed", "--grid", "--precisions", "fp32,fp16", "--batch-sizes", "16", "--grid-options",
+                "plain", "--cpu", "--seconds", "0.2", "--rounds", "1", "--warmup", "1").stdout.splitlines()
+    assert out[0].split() == ["precision", "batch", "options", "img/s", "TFLOP/s", "peak", "MiB"] and len(out) == 3
+    precision, batch, options, rate, tflops, mib = out[1].split()
+    assert (precision, batch, options) == ("fp32", "16", "plain") and float(rate) > 0 and float(tflops) > 0 and int(mib) > 0
+    assert out[2].split()[:4] == ["fp16", "16", "plain", "failed"] and "fp16 needs a CUDA GPU" in out[2]
+
+
+def test_profile_and_throughput_scripts_run():
+    profile = bench("bench.profile_step", "--cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1").stdout
+    assert re.search(r"per step: wall \d+\.\d+ ms; \d+ img/s", profile) and "convolution" in profile
+    throughput = bench("bench.throughput", "--steps", "2", "--warmup", "1", "--repeats", "1").stdout
+    assert re.search(r"\[28px ngf 8 ndf 8 batch 128 precision no\] on .*: \d+ img/s \(median of \d+\), peak", throughput)
