@@ -29,9 +29,13 @@ from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
 from dcgan.models import build_models
 
-# Dense peak throughput, TFLOP/s, for the figure "achieved / peak" (fp32 without tensor cores; fp16/bf16 dense).
-GPU_PEAKS = {"H100": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0}, "H200": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0},
-             "A100": {"fp32": 19.5, "fp16": 312.0, "bf16": 312.0}}
+# Dense peak throughput, TFLOP/s (vendor datasheets), for the figure "achieved / peak", matched against the
+# device name in this order. fp32 convolutions run on TF32 tensor cores unless cuDNN's TF32 is turned off
+# (PyTorch allows it for convolutions by default), so their ceiling is the tf32 one.
+GPU_PEAKS = {"H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0},
+             "H100": {"fp32": 67.0, "tf32": 495.0, "fp16": 989.0, "bf16": 989.0},   # SXM ("H100 80GB HBM3")
+             "H200": {"fp32": 67.0, "tf32": 495.0, "fp16": 989.0, "bf16": 989.0},
+             "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0}}
 
 
 def conv_flops(module: nn.Module, example: torch.Tensor) -> float:
@@ -64,7 +68,9 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
         name = torch.cuda.get_device_name(device)
         for key, peaks in GPU_PEAKS.items():
             if key in name:
-                return peaks["fp32" if precision == "no" else precision]
+                if precision == "no":
+                    return peaks["tf32" if torch.backends.cudnn.allow_tf32 else "fp32"]
+                return peaks[precision]
         return None
     # CPU: cores x clock x FLOPs per cycle (two 512-bit FMA units: 64 fp32 FLOPs; bf16 dot products double it).
     try:

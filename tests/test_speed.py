@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
-from bench.speed import add_step_arguments, conv_flops, step_config, step_flops
+from bench.speed import add_step_arguments, conv_flops, peak_tflops, step_config, step_flops
 from dcgan.models import Generator, build_models
 
 
@@ -36,6 +36,19 @@ def test_conv_flop_count():
     per_image = step_flops(64, 100, 64, 64, batch=1)
     assert per_image == 3 * conv_flops(G, torch.zeros(1, 100)) + 8 * conv_flops(D, torch.zeros(1, 1, 64, 64))
     assert 2.0e9 < per_image < 2.5e9   # the 64x64 DCGAN: ~0.2 GFLOP per image for a G or a D forward
+
+
+def test_gpu_peak_follows_the_device_name_and_cudnn_tf32(monkeypatch):
+    cuda = torch.device("cuda")
+    for name, precision, peak in (("NVIDIA H100 PCIe", "fp16", 756.0), ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+                                  ("NVIDIA H200", "fp16", 989.0), ("Some Other GPU", "fp16", None)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert peak_tflops(cuda, precision) == peak
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)    # PyTorch's default for convolutions
+    assert peak_tflops(cuda, "no") == 495.0
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert peak_tflops(cuda, "no") == 67.0
 
 
 def test_benchmark_prints_the_ratio_line_other_scripts_read(mnist_root):
