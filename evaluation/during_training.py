@@ -9,7 +9,7 @@ import torch
 from dcgan.config import ConfigError, EvalConfig
 
 from .classifier import EvaluationError, cache_dir, find_weights
-from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images
+from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images, reported_values
 
 # Metrics where a smaller value is better; for every other one, larger is better.
 LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform"}
@@ -22,8 +22,7 @@ class PeriodicEvaluator:
         unknown = [m for m in self.metrics if m not in ALL_METRICS]
         if unknown:
             raise ConfigError(f"eval.metrics: unknown '{','.join(unknown)}': choose from {', '.join(ALL_METRICS)}")
-        produced = set(self.metrics) - {"coverage", "prc"} | ({"classes_covered", "kl_to_uniform", "confident_share"}
-                   if "coverage" in self.metrics else set()) | ({"precision", "recall"} if "prc" in self.metrics else set())
+        produced = reported_values(self.metrics)
         if cfg.best_metric not in produced:
             raise ConfigError(f"eval.best_metric='{cfg.best_metric}' is not computed by eval.metrics={cfg.metrics}: "
                               f"use one of {', '.join(sorted(produced))}")

@@ -23,6 +23,8 @@ from .classifier import EXTRACTOR_NAME, EvaluationError, find_weights, load_clas
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
 CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage")
 ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS
+# The values a requested metric reports, where they are not named like the metric itself.
+REPORTED_VALUES = {"coverage": ("classes_covered", "kl_to_uniform", "confident_share"), "prc": ("precision", "recall")}
 CONFIDENT = 0.9  # max softmax probability for a "confidently classified" sample
 
 
@@ -126,6 +128,11 @@ def _fidelity(input1, input2, cache_name: str, wanted: dict, num_samples: int, s
     return torch_fidelity.calculate_metrics(**kwargs)
 
 
+def reported_values(metrics: list[str]) -> set[str]:
+    """The names of the values that computing `metrics` reports (what eval.best_metric may choose from)."""
+    return {value for metric in metrics for value in REPORTED_VALUES.get(metric, (metric,))}
+
+
 def _rows(raw: dict, names: dict, samples: int, reference: str, weights: str, seconds: float) -> list[Result]:
     keys = {"fid": ["frechet_inception_distance"], "kid": ["kernel_inception_distance_mean"],
             "isc": ["inception_score_mean"], "prc": ["precision", "recall"]}
@@ -195,7 +202,7 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
         stats = coverage(logits)
         seconds = time.time() - start
         histogram = " ".join(f"{v:.2f}" for v in stats["histogram"])
-        for name in ("classes_covered", "kl_to_uniform", "confident_share"):
+        for name in REPORTED_VALUES["coverage"]:
             rows.append(Result(name, float(stats[name]), len(fake), reference_name, weights, seconds,
                                f"class shares 0-9: {histogram}" if name == "classes_covered" else ""))
     return rows
