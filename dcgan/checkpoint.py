@@ -97,3 +97,16 @@ def load_state(module: torch.nn.Module, state_dict: dict, what: str, path: Path)
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise CheckpointError(f"{what} in {path} does not fit this model ({detail[:160]})") from None
+
+
+# How an optimizer computes, not what it has learned: a resumed run keeps its own choice.
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore optimizer state but keep this run's implementation flags. load_state_dict would adopt the saved
+    run's (an eager run's non-capturable Adam cannot be captured in a CUDA graph), and it places Adam's step
+    counters by the saved flags, so they are replaced before loading, not after."""
+    groups = [{**saved_group, **{k: group[k] for k in OPTIMIZER_IMPLEMENTATION if k in group}}
+              for saved_group, group in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})

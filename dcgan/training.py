@@ -21,6 +21,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from . import checkpoint as ckpt
 from . import rundir
 from .config import Config, ConfigError, validate
+from .cuda_graph import GraphedStep
 from .data import epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
 from .ema import make_ema, update_ema
 from .losses import discriminator_loss, generator_loss
@@ -99,8 +100,28 @@ def restore_rng_state(state: dict, noise_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def uses_cuda_graphs(cfg: Config, accelerator: Accelerator) -> bool:
+    # NCCL collectives (DDP, SyncBatchNorm) are not captured: several processes run the step eagerly.
+    return cfg.train.cuda_graphs and accelerator.device.type == "cuda" and accelerator.num_processes == 1
+
+
+def check_cuda_options(cfg: Config, graphs: bool) -> None:
+    """Speed options that fail together on a GPU: one line before the first step, not a traceback in it."""
+    if graphs and cfg.train.mixed_precision == "fp16" and not cfg.optim.fused:
+        raise ConfigError("train.cuda_graphs with fp16 needs optim.fused=true (the unfused loss-scaler step reads "
+                          "the GPU, which a graph cannot): set optim.fused=true or train.cuda_graphs=false")
+    if cfg.train.compile and cfg.train.channels_last:
+        # Inductor predicts contiguous ConvTranspose weight gradients where cuDNN returns channels_last ones and
+        # fails its stride check in the first backward (pytorch/pytorch#171622; seen with torch 2.11 on an H100).
+        raise ConfigError("train.compile with train.channels_last fails on CUDA (PyTorch issue 171622): "
+                          "set train.channels_last=false to compile, or train.compile=false")
+
+
 def build_training_objects(cfg: Config, accelerator: Accelerator):
     """G, D (prepared: on the device, DDP-wrapped when distributed), the EMA generator and both optimizers."""
+    graphs = uses_cuda_graphs(cfg, accelerator)
+    if accelerator.device.type == "cuda":
+        check_cuda_options(cfg, graphs)
     G, D = build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
     ema = make_ema(G).to(accelerator.device)  # plain BatchNorm: only ever used in eval mode
     if accelerator.num_processes > 1 and cfg.model.sync_bn:
@@ -111,8 +132,11 @@ def build_training_objects(cfg: Config, accelerator: Accelerator):
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=cfg.optim.fused or None)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=cfg.optim.fused or None)
+    # capturable: Adam's step counters and bias corrections stay on the GPU, as a captured step needs.
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=cfg.optim.fused or None,
+                             capturable=graphs)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=cfg.optim.fused or None,
+                             capturable=graphs)
     if cfg.train.compile:
         G.compile(mode=cfg.train.compile_mode)  # in place: state_dict keys stay those of the plain modules
         D.compile(mode=cfg.train.compile_mode)
@@ -144,6 +168,18 @@ def train_step(accelerator: Accelerator, G, D, D_raw, opt_g, opt_d, real: torch.
 
     d_x, d_g_z = torch.sigmoid(real_logits.detach().float()).mean(), torch.sigmoid(fake_logits.detach().float()).mean()
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
+
+
+def make_train_step(cfg: Config, accelerator: Accelerator, G, D, opt_g, opt_d):
+    """step(real, z) -> stats: train_step with everything else bound, captured as a CUDA graph where it applies."""
+    D_raw = accelerator.unwrap_model(D)
+    real_label = cfg.loss.real_label if cfg.loss.label_smoothing else 1.0
+    fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
+
+    def step(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, real_label, fake_label)
+
+    return GraphedStep(step) if uses_cuda_graphs(cfg, accelerator) else step
 
 
 @dataclass
@@ -198,8 +234,6 @@ def train(cfg: Config) -> TrainResult:
     noise_generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     fixed_noise = torch.randn(cfg.train.num_samples, cfg.model.nz,
                               generator=torch.Generator().manual_seed(cfg.train.seed + 1)).to(device)
-    real_label = cfg.loss.real_label if cfg.loss.label_smoothing else 1.0
-    fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
 
     step, seconds_before_resume = 0, 0.0
     if resume_from is not None:
@@ -207,8 +241,8 @@ def train(cfg: Config) -> TrainResult:
         ckpt.load_state(G_raw, saved["generator"], "generator", resume_from)
         ckpt.load_state(D_raw, saved["discriminator"], "discriminator", resume_from)
         ckpt.load_state(ema, saved["ema"], "EMA generator", resume_from)
-        opt_g.load_state_dict(saved["opt_g"])
-        opt_d.load_state_dict(saved["opt_d"])
+        ckpt.load_optimizer_state(opt_g, saved["opt_g"])
+        ckpt.load_optimizer_state(opt_d, saved["opt_d"])
         if accelerator.scaler is not None and saved.get("scaler"):
             accelerator.scaler.load_state_dict(saved["scaler"])
         restore_rng_state(saved["rng"], noise_generator)
@@ -269,7 +303,9 @@ def train(cfg: Config) -> TrainResult:
 
     log.info(f"run dir {run_dir}: {world} process(es) on {device.type}, global batch {global_batch} "
              f"({local_batch} per process), {per_epoch} steps/epoch, {total_steps} steps, "
-             f"precision {cfg.train.mixed_precision}, synced BN {world > 1 and cfg.model.sync_bn}")
+             f"precision {cfg.train.mixed_precision}, synced BN {world > 1 and cfg.model.sync_bn}, "
+             f"CUDA graphs {uses_cuda_graphs(cfg, accelerator)}")
+    train_step_fn = make_train_step(cfg, accelerator, G, D, opt_g, opt_d)
     stop = StopRequest(distributed=world > 1)
     log.progress(total=total_steps, initial=step)
     # Running sums stay on the device; they reach the host only every log_every steps.
@@ -288,7 +324,7 @@ def train(cfg: Config) -> TrainResult:
             z = torch.randn(global_batch, cfg.model.nz, generator=noise_generator, device=device)
             z = z[rank * local_batch:(rank + 1) * local_batch]
 
-            stats = train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, real_label, fake_label)
+            stats = train_step_fn(real, z)
             update_ema(ema, G_raw, cfg.train.ema_decay, step)
             step += 1
 

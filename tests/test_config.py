@@ -41,6 +41,8 @@ def test_overrides_are_typed():
     ("data.image_size=48", "data.image_size"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
     ("train.compile_mode=fast", "train.compile_mode"),
+    ("train.compile_mode=reduce-overhead", "train.cuda_graphs=true"),   # its CUDA graphs fail on the GAN step
+    ("train.cuda_graphs=sometimes", "train.cuda_graphs"),
     ("eval.target=-1", "eval.target"),
     ("optim.lr_d=-1", "optim.lr_d"),
     ("optim.beta1=1.5", "optim.beta1"),
@@ -109,3 +111,20 @@ def test_accelerate_launch_flags_fill_in_unset_precision(monkeypatch):
     cfg = load_config(None, ["train.mixed_precision=fp16"])
     apply_launcher_settings(cfg)                     # an explicit config value wins
     assert cfg.train.mixed_precision == "fp16"
+
+
+def test_gpu_only_option_conflicts_are_one_line_errors():
+    """Checked where a GPU is in use, before the first step (callable here: the GPU's answer for graphs is passed)."""
+    from dcgan.training import check_cuda_options
+
+    def check(overrides):
+        check_cuda_options(load_config(None, overrides), graphs=True)
+
+    check(["train.mixed_precision=fp16"])                       # the defaults: fused Adam, no compile
+    check(["optim.fused=false"])                                # an unfused fp32 step captures fine
+    check(["train.compile=true", "train.channels_last=false"])
+    for overrides, names in ((["train.mixed_precision=fp16", "optim.fused=false"], "optim.fused=true"),
+                             (["train.compile=true"], "train.channels_last=false")):
+        with pytest.raises(ConfigError) as err:
+            check(overrides)
+        assert names in str(err.value) and "\n" not in str(err.value)

@@ -94,3 +94,30 @@ def test_atomic_save_and_keep_last(tmp_path):
         save_checkpoint({"step": step}, tmp_path, step, keep_last=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["ckpt-00000004.pt", "ckpt-00000005.pt"]       # no temp files left behind
+
+
+def test_resumed_optimizer_keeps_this_runs_implementation():
+    """A checkpoint of a plain Adam resumed by a run configured for fused, capturable Adam (a CUDA-graph run)
+    keeps the state but not the saved run's implementation flags, which plain load_state_dict would adopt."""
+    from dcgan.checkpoint import load_optimizer_state
+    param = torch.nn.Parameter(torch.ones(4))
+    saved_run = torch.optim.Adam([param], lr=1e-3, foreach=False)
+    param.grad = torch.full_like(param, 0.5)
+    saved_run.step()
+    saved = saved_run.state_dict()
+
+    def new_optimizer():
+        return torch.optim.Adam([param], lr=1e-3, fused=True, capturable=True)
+
+    plain = new_optimizer()
+    plain.load_state_dict(saved)
+    assert plain.param_groups[0]["fused"] is None          # what this test guards against
+
+    resumed = new_optimizer()
+    load_optimizer_state(resumed, saved)
+    group, state = resumed.param_groups[0], resumed.state[param]
+    assert group["fused"] is True and group["capturable"] is True and group["foreach"] is None
+    assert state["step"].dtype == torch.float32 and state["step"].item() == 1.0      # placed for fused Adam
+    assert torch.equal(state["exp_avg"], saved["state"][0]["exp_avg"])
+    resumed.step()                                                                    # and it still steps
+    assert resumed.state[param]["step"].item() == 2.0

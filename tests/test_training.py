@@ -26,6 +26,7 @@ def test_run_dir_layout(short_run):
     assert (run_dir / "config.yaml").read_text().count("image_size: 28") == 1
     log = (run_dir / "train.log").read_text()
     assert "1 process(es)" in log and "epoch 2/2 step 32" in log and "done: 32 steps" in log
+    assert "CUDA graphs False" in log                    # on by default, but they need a GPU
     # keep_last=2: only the two newest of the five checkpoints remain, and no temp files
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000030.pt", "ckpt-00000032.pt"]
 
