@@ -2,16 +2,19 @@
 # Every GPU figure of BENCHMARKS.md, stage by stage; each stage fits in ~10 minutes on one H100/H200.
 #
 #   DATA=/path/to/data INCEPTION=/path/weights-inception-2015-12-05-6726825d.pth OUT=bench-out \
-#       bash bench/gpu_suite.sh tests speed profile grid batches quality
+#       bash bench/gpu_suite.sh tests speed profile grid compile batches quality
 #
 # DATA holds MNIST/raw/ (torchvision layout); INCEPTION is torch-fidelity's FID Inception weights (needed by
 # `quality` only; a float16 copy also loads). Each stage prints its figures and keeps a log in $OUT/<stage>.log;
 # the quality run's directory goes to $RUNS (default $OUT/runs).
-#   tests    the CUDA tests (fp16 loss scaling, CUDA RNG across resume, SyncBatchNorm on 2 processes)
+#   tests    the CUDA tests (fp16 loss scaling, CUDA RNG across resume, CUDA-graph steps vs eager steps,
+#            SyncBatchNorm on 2 processes)
 #   speed    ours vs the canonical DCGAN loop, 64x64, batch 128, fp16: `ratio ours/reference`
-#   profile  GPU busy vs wall time per step at batch 128 (is the step launch-bound?)
+#   profile  GPU busy vs wall time per step at batch 128, eager and as a CUDA graph (is the step launch-bound?)
 #   grid     fp32/fp16/bf16 x speed options at batch 128: img/s, TFLOP/s, peak memory
-#   batches  fp16 at larger batches, for the fraction of peak at the best batch size
+#   compile  fp16, batch 128, torch.compile (channels_last off: PyTorch issue 171622) without and with
+#            CUDA graphs (slow to start: its own stage)
+#   batches  fp16 at larger batches, eager and graphed, for the fraction of peak at the best batch size
 #   quality  time to quality: fp16 training until Inception FID <= 10 (10k samples vs MNIST test), at most
 #            $QUALITY_EPOCHS epochs (default 15), evaluating after each
 set -uo pipefail
@@ -29,16 +32,20 @@ run_stage() {
     case $stage in
         tests)   $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py ;;
         speed)   $PY -m bench.speed --data-root "$DATA" ;;
-        profile) $PY -m bench.profile_step --precision fp16 --batch-size 128 ;;
-        grid)    $PY -m bench.speed --grid --precisions fp32,fp16,bf16 --batch-sizes 128 --seconds 2 ;;
+        profile) $PY -m bench.profile_step --precision fp16 --batch-size 128 --no-cuda-graphs --rows 12 \
+                 && $PY -m bench.profile_step --precision fp16 --batch-size 128 --rows 12 ;;
+        grid)    $PY -m bench.speed --grid --precisions fp32,fp16,bf16 --batch-sizes 128 --seconds 2 \
+                     --grid-options "plain,channels_last+fused,channels_last+fused+cuda_graphs" ;;
+        compile) $PY -m bench.speed --grid --precisions fp16 --batch-sizes 128 --seconds 2 \
+                     --grid-options "fused+compile,fused+compile+cuda_graphs" ;;
         batches) $PY -m bench.speed --grid --precisions fp16 --batch-sizes 256,512,1024,2048 --seconds 2 \
-                     --grid-options "channels_last+fused,channels_last+fused+compile(reduce-overhead)" ;;
+                     --grid-options "channels_last+fused,channels_last+fused+cuda_graphs" ;;
         quality) $PY train_ddp.py --config configs/mnist64.yaml data.root="$DATA" data.download=false \
                      train.out_dir="$RUNS" train.mixed_precision=fp16 train.epochs="${QUALITY_EPOCHS:-15}" \
                      eval.every_epochs=1 eval.metrics=fid eval.best_metric=fid eval.num_samples=10000 \
                      eval.target=10 eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" \
                  && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log ;;
-        *)       echo "unknown stage '$stage': use tests speed profile grid batches quality"; return 2 ;;
+        *)       echo "unknown stage '$stage': use tests speed profile grid compile batches quality"; return 2 ;;
     esac
 }
 

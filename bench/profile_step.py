@@ -1,7 +1,7 @@
 """Where the time of one training step goes: device busy time vs wall time, and the top kernels.
 
     python -m bench.profile_step                                  # 64x64 model, batch 128, best precision
-    python -m bench.profile_step --batch-size 1024 --compile --compile-mode reduce-overhead
+    python -m bench.profile_step --no-cuda-graphs                 # the eager step: launch-bound at batch 128?
 
 Profiles the same step bench.speed times (dcgan.training.train_step on device-resident images). On a GPU it
 prints, per step: wall time without the profiler, the sum of kernel times (busy time), kernel launches, and
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         timed(ours, steps, batch, device)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.config}: {cfg.data.image_size}px, batch {batch}, precision {precision}, channels_last "
-          f"{cfg.train.channels_last}, fused {cfg.optim.fused}, compile {cfg.train.compile and cfg.train.compile_mode}; "
+          f"{cfg.train.channels_last}, fused {cfg.optim.fused}, compile {cfg.train.compile and cfg.train.compile_mode}, "
+          f"CUDA graphs {cfg.train.cuda_graphs and cuda}; "
           f"{where}, torch {torch.__version__}")
     if cuda:
         kernels = [e for e in prof.events()

@@ -2,14 +2,14 @@
 
     python -m bench.speed --data-root ../shared/data       # 64x64 model, batch 128, best settings for the device
     python -m bench.speed --precision fp32 --no-channels-last --no-fused  # ours with every speed option off
-    python -m bench.speed --batch-size 256 --precision fp16 --compile --compile-mode reduce-overhead
+    python -m bench.speed --batch-size 256 --precision fp16 --no-cuda-graphs   # eager steps on a GPU
     python -m bench.speed --config configs/mnist32.yaml model.ngf=16    # any config override, as for training
     python -m bench.speed --grid --precisions fp32,fp16,bf16 --batch-sizes 128,256   # table: one process per cell
 
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
 Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
-every step; same networks, same batch. "Ours" is dcgan.training.train_step on device-resident images with the
-chosen options. Throughput = real images consumed per second (one D and one G update per batch); warm-up
+every step; same networks, same batch. "Ours" is the trainer's step (dcgan.training.make_train_step: one CUDA
+graph per step on a single GPU unless --no-cuda-graphs) on device-resident images with the chosen options. Throughput = real images consumed per second (one D and one G update per batch); warm-up
 excluded; rounds alternate ours/reference so machine noise hits both; medians are reported, and the last line
 is `ratio ours/reference: N.NN`. FLOP/s counts the convolutions: a step is 3 G forwards + 8 D forwards
 (G: forward + backward; D: 2 forwards + backward in the D step, forward + input-gradient backward in the G step).
@@ -94,12 +94,12 @@ def peak_memory(device: torch.device) -> tuple[str, float]:
 class Ours:
     def __init__(self, cfg):
         from accelerate import Accelerator
-        from dcgan.training import build_training_objects, use_cpu
+        from dcgan.training import build_training_objects, make_train_step, use_cpu
         # use_cpu is the trainer's own check: fp16 without CUDA is an error, not an fp32 run under an fp16 label.
         self.accelerator = Accelerator(cpu=use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
         torch.manual_seed(0)
-        self.G, self.D, _, self.opt_g, self.opt_d = build_training_objects(cfg, self.accelerator)
-        self.D_raw = self.accelerator.unwrap_model(self.D)
+        G, D, _, opt_g, opt_d = build_training_objects(cfg, self.accelerator)
+        self.step = make_train_step(cfg, self.accelerator, G, D, opt_g, opt_d)
         self.device, self.batch, self.nz = self.accelerator.device, cfg.train.batch_size, cfg.model.nz
         size = cfg.data.image_size
         self.images = torch.rand(self.batch * 8, 1, size, size, device=self.device) * 2 - 1
@@ -107,12 +107,10 @@ class Ours:
         self.i = 0
 
     def run(self, steps: int) -> None:
-        from dcgan.training import train_step
         for _ in range(steps):
             index = torch.randint(0, len(self.images), (self.batch,), device=self.device)
             z = torch.randn(self.batch, self.nz, generator=self.noise, device=self.device)
-            stats = train_step(self.accelerator, self.G, self.D, self.D_raw, self.opt_g, self.opt_d,
-                               self.images[index], z, 0.85, 0.2)
+            stats = self.step(self.images[index], z)
         stats.sum().item()  # the trainer syncs with the host only at its log interval
 
 
@@ -185,11 +183,14 @@ def rounds_steps(runner, seconds: float, batch: int, device: torch.device) -> in
     return max(3, round(seconds * rate / batch))
 
 
-# Option sets of the --grid table: everything off, the cheap switches, and torch.compile on top
-# (on CUDA also with CUDA graphs, which remove the launch overhead of many small kernels).
-GRID_OPTIONS = {"plain": ["--no-channels-last", "--no-fused"], "channels_last+fused": [],
-                "channels_last+fused+compile": ["--compile"]}
-CUDA_GRID_OPTIONS = {"channels_last+fused+compile(reduce-overhead)": ["--compile", "--compile-mode", "reduce-overhead"]}
+# Option sets of the --grid table: everything off, the cheap switches, and torch.compile on top; on CUDA also
+# with the step captured as a CUDA graph (removes the launch overhead of its ~370 small kernels).
+# torch.compile on CUDA needs channels_last off (PyTorch issue 171622), hence the fused+compile sets.
+GRID_OPTIONS = {"plain": ["--no-channels-last", "--no-fused", "--no-cuda-graphs"],
+                "channels_last+fused": ["--no-cuda-graphs"],
+                "channels_last+fused+compile": ["--compile", "--no-cuda-graphs"],
+                "fused+compile": ["--no-channels-last", "--compile", "--no-cuda-graphs"]}
+CUDA_GRID_OPTIONS = {"channels_last+fused+cuda_graphs": [], "fused+compile+cuda_graphs": ["--no-channels-last", "--compile"]}
 
 
 def grid(args) -> int:
@@ -241,9 +242,10 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--no-fused", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", default="default", help="default | reduce-overhead | max-autotune")
+    parser.add_argument("--compile-mode", default="default", help="default | max-autotune-no-cudagraphs")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run the step eagerly on a GPU")
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is present")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (the CUDA graph is captured in them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (the model, not speed)")
 
 
@@ -255,7 +257,8 @@ def step_config(args) -> tuple:
     cfg = load_config(args.config, [*args.overrides, f"train.batch_size={args.batch_size}",
                                     f"train.mixed_precision={precision}", f"train.channels_last={not args.no_channels_last}",
                                     f"optim.fused={not args.no_fused}", f"train.compile={args.compile}",
-                                    f"train.compile_mode={args.compile_mode}", f"train.cpu={not cuda}"])
+                                    f"train.compile_mode={args.compile_mode}", f"train.cuda_graphs={not args.no_cuda_graphs}",
+                                    f"train.cpu={not cuda}"])
     return cfg, torch.device("cuda" if cuda else "cpu"), precision
 
 
@@ -297,7 +300,7 @@ def main(argv=None) -> int:
     peak = peak_tflops(device, precision)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     options = (f"precision {precision}, channels_last {cfg.train.channels_last}, fused Adam {cfg.optim.fused}, "
-               f"compile {cfg.train.compile and cfg.train.compile_mode}")
+               f"compile {cfg.train.compile and cfg.train.compile_mode}, CUDA graphs {cfg.train.cuda_graphs and cuda}")
     print(f"{args.config}: {cfg.data.image_size}px, batch {args.batch_size}, {where}, torch {torch.__version__}")
     print(f"ours: {options}; reference: fp32, DataLoader + PIL transforms, Sigmoid + BCELoss")
     for name, values in rates.items():
