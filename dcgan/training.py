@@ -23,7 +23,7 @@ from . import rundir
 from .config import Config, ConfigError, validate
 from .cuda_graph import GraphedStep
 from .data import epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
-from .ema import make_ema, update_ema
+from .ema import calibrate_batchnorm, make_ema, update_ema
 from .losses import discriminator_loss, generator_loss
 from .models import build_models
 from .preemption import StopRequest
@@ -234,6 +234,9 @@ def train(cfg: Config) -> TrainResult:
     noise_generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     fixed_noise = torch.randn(cfg.train.num_samples, cfg.model.nz,
                               generator=torch.Generator().manual_seed(cfg.train.seed + 1)).to(device)
+    # Fixed too, and drawn from its own generator: calibrating the EMA's BatchNorm never moves the training's RNG.
+    calibration_noise = torch.randn(8 * local_batch, cfg.model.nz,
+                                    generator=torch.Generator().manual_seed(cfg.train.seed + 2)).to(device)
 
     step, seconds_before_resume = 0, 0.0
     if resume_from is not None:
@@ -251,8 +254,20 @@ def train(cfg: Config) -> TrainResult:
         step, seconds_before_resume = saved["step"], saved.get("train_seconds", 0.0)
         log.info(f"resumed from {resume_from} at step {step}")
 
+    calibrated_at = -1
+
+    def calibrated_ema() -> torch.nn.Module:
+        """The EMA generator with BatchNorm statistics of its own weights (dcgan/ema.py), for samples, evaluations
+        and saving; recomputed at most once per step."""
+        nonlocal calibrated_at
+        if calibrated_at != step:
+            calibrate_batchnorm(ema, calibration_noise, local_batch)
+            calibrated_at = step
+        return ema
+
     def training_state(step: int, train_seconds: float) -> dict:
-        return {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "ema": ema.state_dict(),
+        return {"generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(),
+                "ema": calibrated_ema().state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "step": step, "epoch": step // per_epoch, "rng": rng_state(noise_generator), "config": cfg.to_dict(),
@@ -274,7 +289,7 @@ def train(cfg: Config) -> TrainResult:
         decision = [""]
         if accelerator.is_main_process:
             seconds = training_seconds()
-            values = evaluator.evaluate(ema)
+            values = evaluator.evaluate(calibrated_ema())
             log.scalars({**{f"eval/{name}": value for name, value in values.items()}, "time/train_seconds": seconds},
                         step=step)
             improved = evaluator.record(values)
@@ -299,7 +314,7 @@ def train(cfg: Config) -> TrainResult:
         log.scalars({"health/ok": float(not health.problems()), "health/D_x": d_x, "health/D_G_z": d_g_z,
                      "health/loss_D": loss_d, "epoch": epoch + 1}, step=step)
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs} step {step}: {health.verdict()}")
-        log.image_grids(sample_grids(G_raw, ema, fixed_noise, images[: cfg.train.num_samples]), step=step)
+        log.image_grids(sample_grids(G_raw, calibrated_ema(), fixed_noise, images[: cfg.train.num_samples]), step=step)
 
     log.info(f"run dir {run_dir}: {world} process(es) on {device.type}, global batch {global_batch} "
              f"({local_batch} per process), {per_epoch} steps/epoch, {total_steps} steps, "
@@ -372,7 +387,8 @@ def train(cfg: Config) -> TrainResult:
                 log.info(f"stopping at step {step} on {signal_name}: checkpoint written; "
                          f"train.resume=latest continues from it")
                 return _finish(accelerator, log, stop,
-                               TrainResult(run_dir, step, G_raw, D_raw, ema, training_seconds(), signal_name))
+                               TrainResult(run_dir, step, G_raw, D_raw, calibrated_ema(), training_seconds(),
+                                           signal_name))
             if step >= total_steps:
                 break
         if early_stop:
@@ -380,10 +396,10 @@ def train(cfg: Config) -> TrainResult:
 
     seconds = training_seconds()
     if accelerator.is_main_process:
-        ckpt.atomic_save(ema.state_dict(), run_dir / "generator.pt")
+        ckpt.atomic_save(calibrated_ema().state_dict(), run_dir / "generator.pt")
         ckpt.atomic_save(D_raw.state_dict(), run_dir / "discriminator.pt")
         log.info(f"done: {step} steps, {seconds:.1f} s of training; generator (EMA) and discriminator in {run_dir}")
-    return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, ema, seconds))
+    return _finish(accelerator, log, stop, TrainResult(run_dir, step, G_raw, D_raw, calibrated_ema(), seconds))
 
 
 def _finish(accelerator: Accelerator, log: RunLog, stop: StopRequest, result: TrainResult) -> TrainResult:
