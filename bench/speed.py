@@ -9,7 +9,8 @@
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
 Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
 every step; same networks, same batch. "Ours" is the trainer's step (dcgan.training.make_train_step: one CUDA
-graph per step on a single GPU unless --no-cuda-graphs) on device-resident images with the chosen options. Throughput = real images consumed per second (one D and one G update per batch); warm-up
+graph per step on a single GPU unless --no-cuda-graphs) on device-resident images with the chosen options.
+Throughput = real images consumed per second (one D and one G update per batch); warm-up
 excluded; rounds alternate ours/reference so machine noise hits both; medians are reported, and the last line
 is `ratio ours/reference: N.NN`. FLOP/s counts the convolutions: a step is 3 G forwards + 8 D forwards
 (G: forward + backward; D: 2 forwards + backward in the D step, forward + input-gradient backward in the G step).
