@@ -7,6 +7,7 @@ resized once to the training resolution, then uint8 and grey tiled to 3 channels
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,11 +119,15 @@ def inception_weights_problem(path: str | None) -> str:
     return ""
 
 
-def _fidelity(input1, input2, cache_name: str, wanted: dict, num_samples: int, seed: int, device: torch.device,
-              batch_size: int, cache_root: Path, **extra) -> dict:
-    kwargs = dict(input1=input1, input2=input2, input2_cache_name=cache_name, cuda=device.type == "cuda",
-                  batch_size=batch_size, rng_seed=seed, verbose=False, cache_root=str(cache_root),
-                  kid_subset_size=max(2, min(1000, num_samples, len(input2))), save_cpu_ram=True, **wanted, **extra)
+def _fidelity(input1, reference: torch.Tensor, cache_name: str, wanted: dict, num_samples: int, seed: int,
+              device: torch.device, batch_size: int, cache_root: Path, **extra) -> dict:
+    # The reference's statistics are cached under its name plus a hash of its pixels: the same name from another
+    # data root (or a test's small fake MNIST) must not reuse them.
+    content = hashlib.sha256(reference.contiguous().numpy().tobytes()).hexdigest()[:8]
+    kwargs = dict(input1=input1, input2=ImageTensors(reference), input2_cache_name=f"{cache_name}-r{content}",
+                  cuda=device.type == "cuda", batch_size=batch_size, rng_seed=seed, verbose=False,
+                  cache_root=str(cache_root), kid_subset_size=max(2, min(1000, num_samples, len(reference))),
+                  save_cpu_ram=True, **wanted, **extra)
     if isinstance(input1, GenerativeModelBase):
         kwargs["input1_model_num_samples"] = num_samples
     return torch_fidelity.calculate_metrics(**kwargs)
@@ -161,7 +166,7 @@ def inception_metrics(source, reference: torch.Tensor, reference_name: str, metr
     tag = f"-w{sha256_prefix(weights_path)}" if weights_path else ""
     start = time.time()
     source = source if isinstance(source, GenerativeModelBase) else ImageTensors(source)
-    raw = _fidelity(source, ImageTensors(reference), f"{reference_name}{tag}", {m: True for m in wanted},
+    raw = _fidelity(source, reference, f"{reference_name}{tag}", {m: True for m in wanted},
                     num_samples, seed, device, batch_size, cache_root, feature_extractor_weights_path=weights_path)
     return rows + _rows(raw, {m: m for m in wanted}, num_samples, reference_name, weights, time.time() - start)
 
@@ -190,7 +195,7 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
     fidelity = [m[len("clf_"):] for m in wanted if m.startswith("clf_")]
     if fidelity:
         start = time.time()
-        raw = _fidelity(ImageTensors(fake), ImageTensors(reference), f"{reference_name}-clf{sha256_prefix(path)}",
+        raw = _fidelity(ImageTensors(fake), reference, f"{reference_name}-clf{sha256_prefix(path)}",
                         {m: True for m in fidelity}, len(fake), seed, device, batch_size, cache_root,
                         feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=str(path))
         rows += _rows(raw, {f"clf_{m}": m for m in fidelity}, len(fake), reference_name, weights, time.time() - start)

@@ -86,6 +86,21 @@ def test_real_classifier_quality(real_classifier):
     assert rows["clf_isc"] >= 9.5 and rows["classes_covered"] == 10 and rows["confident_share"] > 0.95
 
 
+def test_cached_reference_statistics_belong_to_the_reference_images(tiny_classifier, tmp_path):
+    """Two references under one name (e.g. mnist-test-28px-32 from two data roots) must not share cached
+    statistics: the second FID has to equal one computed without a cache."""
+    torch.manual_seed(0)
+    fake = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8).repeat(1, 3, 1, 1)
+    dark, noise = fake // 8, torch.randint(0, 256, fake.shape, dtype=torch.uint8)
+
+    def clf_fid(reference, cache):
+        return classifier_metrics(fake, reference, "same-name", ["clf_fid"], str(tiny_classifier), CPU, 32, 0,
+                                  cache)[0].value
+
+    first, second = clf_fid(dark, tmp_path / "shared"), clf_fid(noise, tmp_path / "shared")
+    assert second == pytest.approx(clf_fid(noise, tmp_path / "fresh"), rel=1e-6) and second != first
+
+
 @needs_mnist
 def test_real_vs_real_small_and_noise_large(real_classifier, tmp_path):
     # The whole test set vs 10k training digits (FID's small-sample bias is large; the halves of the test set
