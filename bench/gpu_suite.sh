@@ -15,8 +15,10 @@
 #   compile  fp16, batch 128, torch.compile (channels_last off: PyTorch issue 171622) without and with
 #            CUDA graphs (slow to start: its own stage)
 #   batches  fp16 at larger batches, eager and graphed, for the fraction of peak at the best batch size
-#   quality  time to quality: fp16 training until Inception FID <= 10 (10k samples vs MNIST test), at most
-#            $QUALITY_EPOCHS epochs (default 15), evaluating after each
+#   quality  time to quality: fp16 training until Inception FID <= 10 ($QUALITY_SAMPLES samples, default 10000,
+#            vs MNIST test), at most $QUALITY_EPOCHS epochs (default 15), evaluating every $QUALITY_EVERY epochs
+#            (default 1); $QUALITY_ARGS: more config overrides (e.g. loss.label_smoothing=false). The last
+#            sample grids of G and its EMA are copied to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,6 +27,15 @@ OUT=${OUT:-bench-gpu-$(date +%Y%m%d-%H%M%S)}
 RUNS=${RUNS:-$OUT/runs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+
+# The quality run's last sample grids (raw G, EMA, real | EMA) into $OUT: its checkpoints are too big to fetch
+# from a device machine, and the grids tell a background or contrast problem at a glance.
+keep_last_grids() {
+    local kind
+    for kind in generator ema real_vs_fake; do
+        cp "$(ls "$RUNS"/*/samples/samples_$kind-*.png | tail -1)" "$OUT/" || return 1
+    done
+}
 
 run_stage() {
     local stage=$1
@@ -42,9 +53,10 @@ run_stage() {
                      --grid-options "channels_last+fused,channels_last+fused+cuda_graphs" ;;
         quality) $PY train_ddp.py --config configs/mnist64.yaml data.root="$DATA" data.download=false \
                      train.out_dir="$RUNS" train.mixed_precision=fp16 train.epochs="${QUALITY_EPOCHS:-15}" \
-                     eval.every_epochs=1 eval.metrics=fid eval.best_metric=fid eval.num_samples=10000 \
-                     eval.target=10 eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" \
-                 && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log ;;
+                     eval.every_epochs="${QUALITY_EVERY:-1}" eval.num_samples="${QUALITY_SAMPLES:-10000}" \
+                     eval.metrics=fid eval.best_metric=fid eval.target=10 \
+                     eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" ${QUALITY_ARGS:-} \
+                 && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log && keep_last_grids ;;
         *)       echo "unknown stage '$stage': use tests speed profile grid compile batches quality"; return 2 ;;
     esac
 }

@@ -263,18 +263,27 @@ def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_ro
 
 
 @needs_inception
-def test_time_to_quality_on_inception_fid_from_fp16_weights(mnist_root, tmp_path):
-    """bench/gpu_suite.sh's quality stage in small, on the CPU: Inception FID after each epoch, computed with a
-    float16 copy of the weights (the copy a device machine gets), and the stop at eval.target."""
+def test_time_to_quality_stage_of_the_gpu_suite_runs_small_on_the_cpu(mnist_root, tmp_path):
+    """bench/gpu_suite.sh's quality stage itself, in small: Inception FID every QUALITY_EVERY epochs from a float16
+    copy of the weights (the copy a device machine gets), the stop at eval.target, the last sample grids in $OUT.
+    QUALITY_ARGS turn the GPU run into a tiny CPU one (later overrides win)."""
     weights = tmp_path / "inception-fp16.pth"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in torch.load(INCEPTION, weights_only=True).items()},
                weights)
-    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path / 'runs'}", "train.epochs=3",
-                      "eval.every_epochs=1", "eval.metrics=fid", "eval.best_metric=fid", "eval.num_samples=32",
-                      "eval.target=1000", f"eval.inception_weights={weights}"])
+    out = tmp_path / "out"
+    env = {**subprocess_env(), "PYTHON": sys.executable, "DATA": str(mnist_root), "INCEPTION": str(weights),
+           "OUT": str(out), "RUNS": str(tmp_path / "runs"), "DCGAN_CACHE": str(tmp_path / "cache"),
+           "QUALITY_EPOCHS": "4", "QUALITY_EVERY": "2", "QUALITY_SAMPLES": "32",
+           "QUALITY_ARGS": " ".join(TINY + ["train.mixed_precision=no", "eval.target=1000"])}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "quality"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     log = (only_run_dir(tmp_path / "runs") / "train.log").read_text()
-    fid = float(log.split("early stopping at step 16: fid ")[1].split()[0])  # an untrained G: far from real, < 1000
-    assert 50 < fid < 1000 and "reached eval.target=1000 after" in log and "eval step 16 after" in log
+    assert "eval step 32 after" in log and "eval step 16 after" not in log  # every 2 epochs of 16 steps
+    fid = float(log.split("early stopping at step 32: fid ")[1].split()[0])  # an untrained G: far from real, < 1000
+    assert 50 < fid < 1000 and "reached eval.target=1000 after" in log
+    assert sorted(p.name.split("-")[0] for p in out.glob("*.png")) == [
+        "samples_ema", "samples_generator", "samples_real_vs_fake"]
 
 
 def test_eval_config_errors(tiny_classifier, mnist_root, tmp_path):
