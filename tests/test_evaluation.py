@@ -31,10 +31,11 @@ def tiny_classifier(mnist_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_classifier(tmp_path_factory):
-    """The real judge: 3 epochs on MNIST (~2 CPU minutes), as `python -m evaluation.classifier` trains it."""
+    """A real judge, trained as `python -m evaluation.classifier` trains it but for 2 epochs instead of 3 (~100
+    instead of ~150 CPU seconds on 2 cores; 99.2% instead of 99.35% test accuracy, measured 2026-11-24)."""
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip("real MNIST (../shared) absent")
-    model, acc = train_classifier(SHARED_DATA, epochs=3, log=lambda *_: None)
+    model, acc = train_classifier(SHARED_DATA, epochs=2, log=lambda *_: None)
     assert acc >= 0.99
     return save_classifier(model, tmp_path_factory.mktemp("real_classifier"))
 
