@@ -5,6 +5,7 @@ Only the main process writes anything; every method is a no-op elsewhere.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class RunLog:
         self.enabled = accelerator.is_main_process
         self._file = open(self.run_dir / "train.log", "a", buffering=1) if self.enabled else None
         self._bar = None
+        # Sample grids are PNG-encoded twice (file, TensorBoard): ~0.4 s per epoch end that a GPU would sit idle
+        # for, so one background thread writes them while training goes on.
+        self._image_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grids") if self.enabled else None
+        self._images_pending: Future | None = None
 
     def info(self, message: str) -> None:
         if not self.enabled:
@@ -68,9 +73,14 @@ class RunLog:
         self.accelerator.log(values, step=step)  # the tracker itself only acts on the main process
 
     def image_grids(self, grids: dict[str, torch.Tensor], step: int) -> None:
-        """Each grid (C, H, W) in [0, 1] goes to TensorBoard and to samples/<name>-<step>.png."""
+        """Each grid (C, H, W) in [0, 1], on the CPU, goes to TensorBoard and to samples/<name>-<step>.png, written
+        in the background; the previous grids are written first (and a failed write raises here)."""
         if not self.enabled:
             return
+        self.wait_for_images()
+        self._images_pending = self._image_writer.submit(self._write_grids, grids, step)
+
+    def _write_grids(self, grids: dict[str, torch.Tensor], step: int) -> None:
         writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
@@ -79,11 +89,22 @@ class RunLog:
             save_image(grid, folder / f"{name.replace('/', '_')}-{step:08d}.png")
         writer.flush()
 
+    def wait_for_images(self) -> None:
+        """Until the grids handed over so far are written (before the TensorBoard writer closes)."""
+        pending, self._images_pending = self._images_pending, None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        if self._file is not None:
-            self._file.close()
+        try:
+            self.wait_for_images()
+        finally:
+            if self._image_writer is not None:
+                self._image_writer.shutdown()
+            if self._bar is not None:
+                self._bar.close()
+            if self._file is not None:
+                self._file.close()
 
 
 @torch.no_grad()

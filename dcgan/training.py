@@ -404,6 +404,7 @@ def train(cfg: Config) -> TrainResult:
 
 def _finish(accelerator: Accelerator, log: RunLog, stop: StopRequest, result: TrainResult) -> TrainResult:
     accelerator.wait_for_everyone()
+    log.wait_for_images()
     accelerator.end_training()
     stop.restore()
     log.close()

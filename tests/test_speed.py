@@ -106,8 +106,12 @@ def test_grid_table_has_a_row_per_cell_and_says_why_a_cell_failed():
     assert out[2].split()[:4] == ["fp16", "16", "plain", "failed"] and "fp16 needs a CUDA GPU" in out[2]
 
 
-def test_profile_and_throughput_scripts_run():
+def test_profile_throughput_and_epoch_end_scripts_run():
     profile = bench("bench.profile_step", "--cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1").stdout
     assert re.search(r"per step: wall \d+\.\d+ ms; \d+ img/s", profile) and "convolution" in profile
     throughput = bench("bench.throughput", "--steps", "2", "--warmup", "1", "--repeats", "1").stdout
     assert re.search(r"\[28px ngf 8 ndf 8 batch 128 precision no\] on .*: \d+ img/s \(median of \d+\), peak", throughput)
+    epoch_end = bench("bench.epoch_end", "--repeats", "1").stdout.splitlines()
+    seconds = [float(line.split()[0]) for line in epoch_end[1:5]]
+    assert epoch_end[0].startswith("configs/mnist64.yaml: 28px") and all(s >= 0 for s in seconds)
+    assert len(seconds) == 4 and re.fullmatch(r"checkpoint size \d+\.\d MiB", epoch_end[5])

@@ -1,13 +1,17 @@
 """End-to-end runs of train_ddp.py on a tiny model and a small IDX dataset, as a user runs it."""
 import math
+import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import TINY, load_ckpt, only_run_dir, run_train
 from dcgan.models import Discriminator, Generator
+from dcgan import reporting
 from dcgan.reporting import Health
 
 
@@ -73,6 +77,35 @@ def test_sample_pngs_every_epoch(short_run):
                 assert image.size[0] > 28 * 4
     with Image.open(samples / "samples_real_vs_fake-00000032.png") as image:
         assert image.size[0] > 2 * image.size[1]                 # real | fake, side by side
+
+
+def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
+    """RunLog.image_grids hands the PNG/TensorBoard writes to a background thread: it returns while a write is
+    still blocked, the next call and close() wait for it, and a failed write is raised, not lost."""
+    release, returned_first = threading.Event(), []
+
+    def slow_save(grid, path):
+        returned_first.append(release.wait(timeout=10))  # False if image_grids only returned after this write
+        Image.new("L", (2, 2)).save(path)
+
+    monkeypatch.setattr(reporting, "save_image", slow_save)
+    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    accelerator = SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: writer)
+    log = reporting.RunLog(accelerator, tmp_path)
+    log.image_grids({"samples/ema": torch.rand(3, 8, 8)}, step=1)
+    release.set()
+    log.close()
+    assert returned_first == [True] and (tmp_path / "samples" / "samples_ema-00000001.png").is_file()
+
+    def failing_save(grid, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reporting, "save_image", failing_save)
+    log = reporting.RunLog(accelerator, tmp_path)
+    log.image_grids({"samples/ema": torch.rand(3, 8, 8)}, step=2)
+    with pytest.raises(OSError, match="disk full"):
+        log.close()
+    writer.close()
 
 
 def test_health_verdict():
