@@ -404,9 +404,8 @@ def train(cfg: Config) -> TrainResult:
 
 def _finish(accelerator: Accelerator, log: RunLog, stop: StopRequest, result: TrainResult) -> TrainResult:
     accelerator.wait_for_everyone()
-    log.wait_for_images()
+    log.close()  # first: its pending sample grids go to the TensorBoard writer that end_training closes
     accelerator.end_training()
     stop.restore()
-    log.close()
     return result
 

@@ -123,7 +123,7 @@ def _fidelity(input1, reference: torch.Tensor, cache_name: str, wanted: dict, nu
               device: torch.device, batch_size: int, cache_root: Path, **extra) -> dict:
     # The reference's statistics are cached under its name plus a hash of its pixels: the same name from another
     # data root (or a test's small fake MNIST) must not reuse them.
-    content = hashlib.sha256(reference.contiguous().numpy().tobytes()).hexdigest()[:8]
+    content = hashlib.sha256(memoryview(reference.contiguous().numpy())).hexdigest()[:8]  # no copy: ~0.2 s at 10k
     kwargs = dict(input1=input1, input2=ImageTensors(reference), input2_cache_name=f"{cache_name}-r{content}",
                   cuda=device.type == "cuda", batch_size=batch_size, rng_seed=seed, verbose=False,
                   cache_root=str(cache_root), kid_subset_size=max(2, min(1000, num_samples, len(reference))),
