@@ -144,7 +144,8 @@ def train_classifier(root: str | Path, epochs: int = 3, batch_size: int = 128, s
     train_y = MNIST(str(root), train=True).targets
     test_x = load_mnist_uint8(root, train=False)
     test_y = MNIST(str(root), train=False).targets
-    model = MnistClassifier()
+    # channels_last: oneDNN's convolutions (forward and backward) run ~15% faster on a CPU in this layout.
+    model = MnistClassifier().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     steps = epochs * (len(train_x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -156,7 +157,7 @@ def train_classifier(root: str | Path, epochs: int = 3, batch_size: int = 128, s
             index = perm[i * batch_size:(i + 1) * batch_size]
             x = prepare(train_x[index].unsqueeze(1))
             dx, dy = torch.randint(-2, 3, (2,)).tolist()  # shift augmentation: generated digits are not centred
-            x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+            x = torch.roll(x, shifts=(dx, dy), dims=(2, 3)).contiguous(memory_format=torch.channels_last)
             _, logits = model(x)
             loss = F.cross_entropy(logits, train_y[index])
             optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ from test_resume import assert_same_state
 pytestmark = pytest.mark.slurm
 
 CLUSTER = ROOT / "tests" / "slurm" / "local_slurm.sh"
-STEPS = 96  # 6 epochs of 16 steps on the small IDX set
+STEPS = 48  # 3 epochs of 16 steps on the small IDX set
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def wait_job(env, job: str, timeout: float = 400) -> str:
 
 
 def job_config(mnist_root) -> list[str]:
-    return TINY + [f"data.root={mnist_root}", "train.epochs=6", "train.checkpoint_every=8"]
+    return TINY + [f"data.root={mnist_root}", "train.epochs=3", "train.checkpoint_every=8"]
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$M/munge.socket,cred_expire=10
+# cred_expire also holds a requeued job this long before it may start again (default 120 s; 5 is the minimum)
+AuthInfo=socket=$M/munge.socket,cred_expire=5
 MailProg=/bin/true
 StateSaveLocation=$P/state
 SlurmdSpoolDir=$P/spool/%n
@@ -131,8 +132,9 @@ JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
-# default batch_sched_delay=3 holds a submitted batch job up to 3 s before it starts
-SchedulerParameters=batch_sched_delay=0
+# default batch_sched_delay=3 holds a submitted batch job up to 3 s before it starts; a requeued job becomes
+# startable when its hold ends, which no event announces: the scheduler loops (60 s and 30 s by default) find it
+SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
 ReturnToService=2
 MpiDefault=none
 # no slurmdbd: plain sacct is disabled; "sacct -c -j ID" reads this completion log instead
