@@ -53,6 +53,9 @@ class LossConfig:
     label_smoothing: bool = True  # targets real_label / fake_label for D instead of 1 / 0
     real_label: float = 0.85
     fake_label: float = 0.2
+    # D sees each step's real and fake images as one batch: its BatchNorm statistics then span both, so a shift
+    # that every fake shares (a grey background) stays visible; separate batches normalize it away (BENCHMARKS.md)
+    joint_batch: bool = False
 
 
 @dataclass

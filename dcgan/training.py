@@ -145,12 +145,17 @@ def build_training_objects(cfg: Config, accelerator: Accelerator):
 
 
 def train_step(accelerator: Accelerator, G, D, D_raw, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor,
-               real_label: float, fake_label: float) -> torch.Tensor:
-    """One D update and one G update; returns [loss_D, loss_G, D(x), D(G(z))] as a device tensor (no host sync)."""
+               real_label: float, fake_label: float, joint_batch: bool = False) -> torch.Tensor:
+    """One D update and one G update; returns [loss_D, loss_G, D(x), D(G(z))] as a device tensor (no host sync).
+    joint_batch: D's BatchNorm sees real and fake images together (loss.joint_batch), in both updates."""
+    n = real.shape[0]
     # (1) D: maximize log D(x) + log(1 - D(G(z))) on real images and detached fakes.
     with accelerator.autocast():
         fake = G(z)
-        real_logits, fake_logits = D(real), D(fake.detach())
+        if joint_batch:
+            real_logits, fake_logits = D(torch.cat([real, fake.detach()])).split(n)
+        else:
+            real_logits, fake_logits = D(real), D(fake.detach())
         loss_d = discriminator_loss(real_logits, fake_logits, real_label, fake_label)
     opt_d.zero_grad(set_to_none=True)
     accelerator.backward(loss_d)
@@ -160,7 +165,7 @@ def train_step(accelerator: Accelerator, G, D, D_raw, opt_g, opt_d, real: torch.
     # no DDP all-reduce of gradients nobody uses; G's DDP wrapper still averages G's gradients.
     D_raw.requires_grad_(False)
     with accelerator.autocast():
-        loss_g = generator_loss(D_raw(fake))
+        loss_g = generator_loss(D_raw(torch.cat([real, fake]))[n:] if joint_batch else D_raw(fake))
     opt_g.zero_grad(set_to_none=True)
     accelerator.backward(loss_g)
     opt_g.step()
@@ -177,7 +182,8 @@ def make_train_step(cfg: Config, accelerator: Accelerator, G, D, opt_g, opt_d):
     fake_label = cfg.loss.fake_label if cfg.loss.label_smoothing else 0.0
 
     def step(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, real_label, fake_label)
+        return train_step(accelerator, G, D, D_raw, opt_g, opt_d, real, z, real_label, fake_label,
+                          cfg.loss.joint_batch)
 
     return GraphedStep(step) if uses_cuda_graphs(cfg, accelerator) else step
 

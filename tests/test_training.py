@@ -1,5 +1,8 @@
 """End-to-end runs of train_ddp.py on a tiny model and a small IDX dataset, as a user runs it."""
 import math
+import re
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -9,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import TINY, load_ckpt, only_run_dir, run_train
+from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
 from dcgan.reporting import Health
@@ -108,10 +111,51 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
     writer.close()
 
 
+def test_grey_probe_reports_levels_and_what_d_sees(short_run, mnist_root):
+    run_dir = short_run[0]
+    result = subprocess.run([sys.executable, "-m", "bench.grey_probe", "--checkpoint", str(run_dir),
+                             "--data-root", str(mnist_root), "--levels", "32", "--batch-size", "16"],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{run_dir}/checkpoints/ckpt-") and len(lines) == 6, lines
+    for line in lines[1:3]:
+        background, stroke = float(line.split("background ")[1].split()[0]), float(line.split("stroke ")[1])
+        assert -1 <= background <= stroke <= 1
+    for line, joint in zip(lines[4:], (False, True)):
+        assert ("joint" in line) == joint and re.fullmatch(r"  L= 32 .*: real 0\.\d{3} lifted 0\.\d{3}", line), line
+
+
 def test_health_verdict():
     assert Health(d_x=0.8, d_g_z=0.3, loss_d=1.0).verdict() == "healthy"
     assert "D is winning" in Health(d_x=0.8, d_g_z=0.02, loss_d=1.0).verdict()
     assert "collapsing" in Health(d_x=0.99, d_g_z=0.01, loss_d=0.01).verdict()
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_joint_batch_makes_d_judge_reals_beside_the_fakes(joint):
+    """loss.joint_batch: one BatchNorm batch of reals and fakes, so D's view of the reals depends on the fakes
+    beside them (what lets it see a shift that all fakes share); with separate batches it cannot. Two D steps
+    from the same state with different fakes: D(x) differs with a joint batch only."""
+    from accelerate import Accelerator
+    from dcgan.config import Config
+    from dcgan.training import make_train_step
+
+    accelerator = Accelerator(cpu=True)
+    cfg = Config()
+    cfg.loss.joint_batch = joint
+    torch.manual_seed(0)
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    d_x = []
+    for noise_seed in (1, 2):
+        torch.manual_seed(0)
+        G, D = Generator(28, nz=16, ngf=8), Discriminator(28, ndf=8)
+        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+        step = make_train_step(cfg, accelerator, G, D, opt_g, opt_d)
+        stats = step(real, torch.randn(8, 16, generator=torch.Generator().manual_seed(noise_seed)))
+        assert torch.isfinite(stats).all()
+        d_x.append(stats[2].item())
+    assert (d_x[0] != d_x[1]) == joint, d_x
 
 
 def test_bf16_autocast_on_cpu(mnist_root, tmp_path):
