@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -16,8 +18,18 @@ import yaml
 from dcgan.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
+from evaluation.common import EvaluationError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist64.yaml")
+
+
+def make_evaluator(cfg):
+    """The periodic evaluator eval.every_epochs asks for (None when off): built before training starts, so a
+    setting that cannot work is a one-line error before any run dir exists."""
+    if not cfg.eval.every_epochs:
+        return None
+    from evaluation.during_training import PeriodicEvaluator
+    return PeriodicEvaluator(dataclasses.asdict(cfg.eval), cfg.data.root, cfg.data.image_size, cfg.model.nz)
 
 
 def main(argv=None) -> int:
@@ -25,22 +37,33 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/mnist64.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         from dcgan.training import train  # imported late: --dry-run and config errors stay instant
-        result = train(cfg)
+        result = train(cfg, make_evaluator(cfg))
         if result.stopped_by:  # the shell convention for "ended by a signal": 128 + its number
             return 128 + signal.Signals[result.stopped_by].value
-    except (ConfigError, DataError, CheckpointError) as exc:
-        rank = os.environ.get("RANK")
-        prefix = f"error (rank {rank})" if rank not in (None, "0") else "error"
-        print(f"{prefix}: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, EvaluationError) as exc:
+        print(f"{error_prefix()}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every write goes to a temp file first and is renamed only when complete (dcgan/checkpoint.py).
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{error_prefix()}: {exc.strerror}{where}: free space there or set train.out_dir to another disk; "
+              f"the last checkpoint written is intact and train.resume=latest continues from it", file=sys.stderr)
         return 2
     return 0
+
+
+def error_prefix() -> str:
+    rank = os.environ.get("RANK")
+    return f"error (rank {rank})" if rank not in (None, "0") else "error"
 
 
 if __name__ == "__main__":

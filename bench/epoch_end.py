@@ -15,14 +15,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
+from accelerate import Accelerator
 
 from dcgan.checkpoint import atomic_save
 from dcgan.config import load_config
 from dcgan.models import build_models
+from dcgan.plan import use_cpu
 from dcgan.reporting import RunLog, sample_grids
 
 
@@ -41,9 +41,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/mnist64.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.num_samples=64")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # options and overrides in any order
     cfg = load_config(args.config, args.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
+    folder = Path(tempfile.mkdtemp(prefix="epoch-end-"))
+    accelerator = Accelerator(cpu=use_cpu(cfg), log_with="tensorboard", project_dir=str(folder))
+    accelerator.init_trackers("tensorboard")
+    device = accelerator.device
     G, D = (m.to(device) for m in build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf))
     ema = copy.deepcopy(G).eval()
     optimizers = [torch.optim.Adam(m.parameters()) for m in (G, D)]
@@ -54,9 +57,8 @@ def main() -> None:
     noise = torch.randn(cfg.train.num_samples, cfg.model.nz, device=device)
     real = torch.rand(cfg.train.num_samples, 1, cfg.data.image_size, cfg.data.image_size, device=device) * 2 - 1
 
-    folder = Path(tempfile.mkdtemp(prefix="epoch-end-"))
-    writer = SummaryWriter(str(folder / "tensorboard"))
-    log = RunLog(SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: writer), folder)
+    in_loop = RunLog(accelerator, folder, background=False)  # how grids were written before the background thread
+    log = RunLog(accelerator, folder)
     grids = sample_grids(G, ema, noise, real)
     state = {"generator": G.state_dict(), "discriminator": D.state_dict(), "ema": ema.state_dict(),
              "opt_g": optimizers[0].state_dict(), "opt_d": optimizers[1].state_dict()}
@@ -65,7 +67,7 @@ def main() -> None:
     step = iter(range(10**6))
     rows = {
         "sample grids (G and EMA forward, to the CPU)": lambda: sample_grids(G, ema, noise, real),
-        "grid writes (PNG + TensorBoard), in the loop's thread before": lambda: log._write_grids(grids, next(step)),
+        "grid writes (PNG + TensorBoard), in the loop's thread before": lambda: in_loop.image_grids(grids, next(step)),
         "grid hand-over to the background writer (what the loop waits now)": lambda: log.image_grids(grids, next(step)),
         "checkpoint (models, EMA, optimizers; written and fsynced)": lambda: atomic_save(state, checkpoint),
     }
@@ -74,8 +76,9 @@ def main() -> None:
         seconds = median_seconds(fn, args.repeats, before=log.wait_for_images)  # a hand-over alone, not its write
         print(f"{seconds:8.3f} s  {name}")
     print(f"checkpoint size {checkpoint.stat().st_size / 2**20:.1f} MiB")
+    in_loop.close()
     log.close()
-    writer.close()
+    accelerator.end_training()
     shutil.rmtree(folder)
 
 

@@ -3,7 +3,7 @@
     python -m bench.profile_step                                  # 64x64 model, batch 128, best precision
     python -m bench.profile_step --no-cuda-graphs                 # the eager step: launch-bound at batch 128?
 
-Profiles the same step bench.speed times (dcgan.training.train_step on device-resident images). On a GPU it
+Profiles the same step bench.speed times (dcgan.step.GANStep on device-resident images). On a GPU it
 prints, per step: wall time without the profiler, the sum of kernel times (busy time), kernel launches, and
 busy / wall. Busy far below wall means the GPU waits for the host (Python and launch overhead: a larger batch
 or CUDA graphs help); busy close to wall means the kernels themselves are the bound.
@@ -16,7 +16,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.speed import Ours, add_step_arguments, rounds_steps, run_cli, step_config, timed
+from bench.harness import Ours, add_step_arguments, rounds_steps, run_cli, step_config, timed
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     add_step_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="profiled steps")
     parser.add_argument("--rows", type=int, default=15, help="kernels/ops shown in the table")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     cfg, device, precision = step_config(args)
     ours = Ours(cfg)
     ours.run(args.warmup)

@@ -1,4 +1,4 @@
-"""Training throughput of the real training step (dcgan.training.train_step), in images/s and peak memory.
+"""Training throughput of the real training step (dcgan.step.GANStep), in images/s and peak memory.
 
     python -m bench.throughput --config configs/mnist64.yaml
     python -m bench.throughput --config configs/mnist32.yaml --steps 50 train.mixed_precision=bf16
@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from bench.speed import Ours, peak_memory, run_cli, timed
+from bench.harness import Ours, peak_memory, run_cli, timed
 from dcgan.config import load_config
 
 
@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # options and overrides in any order
     cfg = load_config(args.config, args.overrides)
     result = measure(cfg, args.steps, args.warmup, args.repeats)
     rates = ", ".join(f"{r:.0f}" for r in result["rates"])

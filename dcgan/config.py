@@ -13,8 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from .losses import LOSSES
+
 IMAGE_SIZES = (28, 32, 64)
-PRECISIONS = ("no", "fp16", "bf16")
+# auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/setup.py
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 # torch.compile's modes without CUDA graphs of its own: those (reduce-overhead, max-autotune) fail on the GAN step,
 # where D runs three times between optimizer steps; train.cuda_graphs captures the whole step instead.
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
@@ -50,6 +53,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
+    name: str = "bce"             # bce: non-saturating BCE on D's logits (DCGAN)
     label_smoothing: bool = True  # targets real_label / fake_label for D instead of 1 / 0
     real_label: float = 0.85
     fake_label: float = 0.2
@@ -64,7 +68,7 @@ class TrainConfig:
     max_steps: int = 0            # stop after this many optimizer steps in total (0: no limit)
     batch_size: int = 128         # global batch, split evenly over processes
     seed: int = 0
-    mixed_precision: str = "no"   # no | fp16 | bf16
+    mixed_precision: str = "auto" # auto | no (fp32) | fp16 | bf16; `accelerate launch --mixed_precision` fills in auto
     cpu: bool = False             # force CPU even when CUDA is present
     channels_last: bool = True    # NHWC convolutions: faster on CPUs (oneDNN) and tensor cores
     compile: bool = False         # torch.compile G and D (slow first steps; see BENCHMARKS.md)
@@ -221,43 +225,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return cfg
 
 
-def validate(cfg: Config, world_size: int = 1) -> None:
-    """Reject impossible values; world_size is checked once it is known (after distributed init)."""
-    def need(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
-    need(cfg.data.image_size in IMAGE_SIZES,
-         f"data.image_size={cfg.data.image_size} is not supported: use one of {', '.join(map(str, IMAGE_SIZES))}")
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values, whatever machine runs them (dcgan/setup.py checks the rest once the device and
+    the number of processes are known)."""
+    _need(cfg.data.image_size in IMAGE_SIZES,
+          f"data.image_size={cfg.data.image_size} is not supported: use one of {', '.join(map(str, IMAGE_SIZES))}")
     for key in ("model.nz", "model.ngf", "model.ndf", "train.batch_size", "train.log_every",
                 "train.checkpoint_every", "train.keep_last", "train.num_samples"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        need(value >= 1, f"{key}={value} must be a positive integer")
-    need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
-    need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
-    need(cfg.train.mixed_precision in PRECISIONS,
-         f"train.mixed_precision='{cfg.train.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
-    need(cfg.train.compile_mode in COMPILE_MODES,
-         f"train.compile_mode='{cfg.train.compile_mode}' is not one of {', '.join(COMPILE_MODES)} "
-         f"(CUDA graphs: train.cuda_graphs=true)")
+        value = _get(cfg, key)
+        _need(value >= 1, f"{key}={value} must be a positive integer")
+    _need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
+    _need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
+    for key, allowed, hint in (("train.mixed_precision", PRECISIONS, ""), ("loss.name", LOSSES, ""),
+                               ("train.compile_mode", COMPILE_MODES, " (CUDA graphs: train.cuda_graphs=true)")):
+        _need(_get(cfg, key) in allowed, f"{key}='{_get(cfg, key)}' is not one of {', '.join(allowed)}{hint}")
     for key in ("optim.lr_g", "optim.lr_d"):
-        value = getattr(cfg.optim, key.split(".")[1])
-        need(value > 0, f"{key}={value} must be positive")
+        _need(_get(cfg, key) > 0, f"{key}={_get(cfg, key)} must be positive")
     for key in ("optim.beta1", "optim.beta2", "train.ema_decay"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        need(0 <= value < 1, f"{key}={value} must be in [0, 1)")
+        _need(0 <= _get(cfg, key) < 1, f"{key}={_get(cfg, key)} must be in [0, 1)")
     for key in ("loss.real_label", "loss.fake_label"):
-        value = getattr(cfg.loss, key.split(".")[1])
-        need(0 <= value <= 1, f"{key}={value} must be in [0, 1]")
-    need(cfg.eval.every_epochs >= 0, f"eval.every_epochs={cfg.eval.every_epochs} must be 0 (off) or positive")
-    need(cfg.eval.patience >= 0, f"eval.patience={cfg.eval.patience} must be 0 (off) or positive")
-    need(cfg.eval.target >= 0, f"eval.target={cfg.eval.target} must be 0 (off) or positive")
-    need(not cfg.eval.target or cfg.eval.every_epochs > 0,
-         f"eval.target={cfg.eval.target:g} needs evaluations: set eval.every_epochs (e.g. eval.every_epochs=1)")
-    need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
-    need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
-    need(cfg.train.batch_size % world_size == 0,
-         f"train.batch_size={cfg.train.batch_size} is not divisible by the world size {world_size}: "
-         f"use a multiple of {world_size}")
+        _need(0 <= _get(cfg, key) <= 1, f"{key}={_get(cfg, key)} must be in [0, 1]")
+    for key in ("eval.every_epochs", "eval.patience", "eval.target"):
+        _need(_get(cfg, key) >= 0, f"{key}={_get(cfg, key)} must be 0 (off) or positive")
+    _need(not cfg.eval.target or cfg.eval.every_epochs > 0,
+          f"eval.target={cfg.eval.target:g} needs evaluations: set eval.every_epochs (e.g. eval.every_epochs=1)")
+    _need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
+    _need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
+
+
+def _get(cfg: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)

@@ -6,23 +6,23 @@ Replaying a captured graph launches the same kernels with one call.
 
 What capture needs, and where the trainer arranges it:
 - no host sync inside the step: Adam is fused or `capturable`, so the fp16 loss scaler's step and update stay
-  on the GPU (build_training_objects);
+  on the GPU (dcgan.step.build_gan_step);
 - fixed shapes and addresses: each call's inputs are copied into the graph's own input tensors, and the
-  returned stats tensor is the graph's output, overwritten by the next call;
+  returned stats are the graph's output, overwritten by the next call;
 - warm-up steps before capture: cuDNN autotuning, optimizer state and the loss scale are created lazily;
 - one process: the NCCL all-reduces of DDP and SyncBatchNorm are not captured (the trainer checks this).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Step = Callable[[torch.Tensor, torch.Tensor], Any]  # returns tensors (dcgan.step.StepStats)
 
 
 class GraphedStep:
-    """`step(real, z) -> stats`, run eagerly for the first `warmup_steps` calls and as a CUDA graph after.
+    """`step(real, z) -> StepStats`, run eagerly for the first `warmup_steps` calls and as a CUDA graph after.
 
     Every call is exactly one training step on its own arguments: the warm-up steps are real steps, and the
     call that captures the graph (capture records kernels without running them) then replays it once.
@@ -33,9 +33,9 @@ class GraphedStep:
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[torch.Tensor, torch.Tensor] = ()
-        self.output: torch.Tensor | None = None
+        self.output = None
 
-    def __call__(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, real: torch.Tensor, z: torch.Tensor):
         if self.graph is None:
             if self.eager_steps < self.warmup_steps:
                 self.eager_steps += 1

@@ -66,3 +66,21 @@ def epoch_indices(num_images: int, global_batch: int, rank: int, world_size: int
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_images, generator=generator)[: steps * global_batch]
     return perm.view(steps, world_size, local)[:, rank]
+
+
+class ShardedBatches:
+    """This process's batch of every step: step s is in epoch s // steps_per_epoch, and each epoch's shuffle
+    (epoch_indices) is drawn once, when its first batch is asked for, so a resume mid-epoch sees the same images."""
+
+    def __init__(self, images: torch.Tensor, global_batch: int, rank: int, world_size: int, seed: int):
+        self.images, self.global_batch, self.rank, self.world_size, self.seed = images, global_batch, rank, world_size, seed
+        self.steps_per_epoch = steps_per_epoch(len(images), global_batch)
+        self.epoch, self.indices = -1, None
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch = step // self.steps_per_epoch
+        if epoch != self.epoch:
+            self.indices = epoch_indices(len(self.images), self.global_batch, self.rank, self.world_size, self.seed,
+                                         epoch).to(self.images.device)
+            self.epoch = epoch
+        return self.images[self.indices[step % self.steps_per_epoch]]

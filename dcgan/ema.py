@@ -37,3 +37,30 @@ def calibrate_batchnorm(ema: nn.Module, noise: torch.Tensor, batch_size: int) ->
     `batch_size`, as in training); returns it in eval mode. A fixed `noise` keeps this deterministic."""
     update_bn(noise.split(batch_size), ema)
     return ema.eval()
+
+
+class EmaGenerator:
+    """The EMA generator as the trainer holds it: updated after every step, its BatchNorm statistics calibrated
+    from fixed noise (its own generator, so calibrating never moves the training's random stream) at most once per
+    step, when samples, an evaluation, a checkpoint or the export need it."""
+
+    def __init__(self, generator: nn.Module, decay: float, calibration_noise: torch.Tensor, batch_size: int):
+        self.module = make_ema(generator)  # plain BatchNorm: only ever used in eval mode
+        self.decay, self.noise, self.batch_size = decay, calibration_noise, batch_size
+        self.calibrated_at = -1
+
+    def update(self, generator: nn.Module, step: int) -> None:
+        update_ema(self.module, generator, self.decay, step)
+
+    def calibrated(self, step: int) -> nn.Module:
+        if self.calibrated_at != step:
+            calibrate_batchnorm(self.module, self.noise, self.batch_size)
+            self.calibrated_at = step
+        return self.module
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+        self.calibrated_at = -1

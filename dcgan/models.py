@@ -72,3 +72,37 @@ def build_models(image_size: int, nz: int, ngf: int, ndf: int) -> tuple[Generato
     generator.apply(init_weights)
     discriminator.apply(init_weights)
     return generator, discriminator
+
+
+
+class ConvFlopCounter:
+    """A forward hook that adds up the FLOPs (2 x multiply-accumulates) of the convolutions it is attached to."""
+
+    def __init__(self):
+        self.total = 0.0
+
+    def __call__(self, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kernel = layer.kernel_size[0] * layer.kernel_size[1]
+        if isinstance(layer, nn.ConvTranspose2d):
+            self.total += 2.0 * inputs[0].numel() * layer.out_channels * kernel / layer.groups
+        else:
+            self.total += 2.0 * output.numel() * layer.in_channels * kernel / layer.groups
+
+
+def conv_flops(module: nn.Module, example: torch.Tensor) -> float:
+    """Forward FLOPs of every convolution in `module` for input `example`."""
+    counter = ConvFlopCounter()
+    handles = [m.register_forward_hook(counter) for m in module.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        module(example)
+    for handle in handles:
+        handle.remove()
+    return counter.total
+
+
+def step_flops(image_size: int, nz: int, ngf: int, ndf: int, batch: int) -> float:
+    """Convolution FLOPs of one training step (dcgan/step.py): 3 G forwards (G: forward + backward) and 8 D
+    forwards (D: 2 forwards + backward in the D phase, forward + input-gradient backward in the G phase)."""
+    G, D = build_models(image_size, nz, ngf, ndf)
+    return 3 * conv_flops(G, torch.randn(batch, nz)) + 8 * conv_flops(D, torch.randn(batch, 1, image_size, image_size))

@@ -4,6 +4,7 @@ Only the main process writes anything; every method is a no-op elsewhere.
 """
 from __future__ import annotations
 
+import io
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write
 
 # The health check of seed 002: a DCGAN that trains well keeps D(x) roughly in 0.7-0.9, D(G(z)) above 0.1
 # (G still fools D sometimes) and loss_D away from 0 (D has not won outright).
@@ -42,23 +45,35 @@ class Health:
 
 
 class RunLog:
-    def __init__(self, accelerator, run_dir: Path):
+    """`background`: sample grids are PNG-encoded twice (file, TensorBoard), a fixed cost per epoch end that a GPU
+    would sit idle for, so by default one background thread writes them while training goes on."""
+
+    def __init__(self, accelerator, run_dir: Path, background: bool = True):
         self.accelerator = accelerator
         self.run_dir = Path(run_dir)
         self.enabled = accelerator.is_main_process
         self._file = open(self.run_dir / "train.log", "a", buffering=1) if self.enabled else None
         self._bar = None
-        # Sample grids are PNG-encoded twice (file, TensorBoard): ~0.4 s per epoch end that a GPU would sit idle
-        # for, so one background thread writes them while training goes on.
-        self._image_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grids") if self.enabled else None
+        self._image_writer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="grids")
+                              if self.enabled and background else None)
         self._images_pending: Future | None = None
 
     def info(self, message: str) -> None:
         if not self.enabled:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        self._file.write(line + "\n")
+        try:
+            self._file.write(line + "\n")
+        except OSError as exc:  # a full disk: name the file, and drop what cannot be written (no noise at exit)
+            self._discard_file()
+            raise OSError(exc.errno, exc.strerror, str(self.run_dir / "train.log")) from None
         tqdm.write(line)
+
+    def _discard_file(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
 
     def progress(self, total: int, initial: int) -> None:
         self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None if self.enabled else True)  # None: off when not a terminal (batch logs)
@@ -78,15 +93,18 @@ class RunLog:
         if not self.enabled:
             return
         self.wait_for_images()
-        self._images_pending = self._image_writer.submit(self._write_grids, grids, step)
+        if self._image_writer is None:
+            self._write_grids(grids, step)
+        else:
+            self._images_pending = self._image_writer.submit(self._write_grids, grids, step)
 
     def _write_grids(self, grids: dict[str, torch.Tensor], step: int) -> None:
         writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
         for name, grid in grids.items():
             writer.add_image(name, grid, global_step=step)
-            save_image(grid, folder / f"{name.replace('/', '_')}-{step:08d}.png")
+            png = io.BytesIO()
+            save_image(grid, png, format="PNG")
+            atomic_write(self.run_dir / "samples" / f"{name.replace('/', '_')}-{step:08d}.png", png.getbuffer())
         writer.flush()
 
     def wait_for_images(self) -> None:
@@ -107,21 +125,22 @@ class RunLog:
                 self._file.close()
 
 
+def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+
+
 @torch.no_grad()
 def sample_grids(generator, ema, fixed_noise: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """Fixed-noise grids of G and of its EMA (eval mode: BN running statistics), and real | fake side by side."""
     was_training = generator.training
     generator.eval()
-    fake = generator(fixed_noise).float()
-    fake_ema = ema(fixed_noise).float()
+    fake = generator(fixed_noise)
+    fake_ema = ema(fixed_noise)
     generator.train(was_training)
     nrow = max(1, int(len(fixed_noise) ** 0.5))
-
-    def grid(images):
-        return make_grid(images.cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
-
     n = min(len(real), len(fake_ema))
-    real_grid, fake_grid = grid(real[:n].float()), grid(fake_ema[:n])
+    real_grid, fake_grid = _grid(real[:n], nrow), _grid(fake_ema[:n], nrow)
     gap = torch.ones(3, real_grid.shape[1], 8)
     comparison = torch.cat([real_grid, gap, fake_grid], dim=2)  # real left, EMA fakes right
-    return {"samples/generator": grid(fake), "samples/ema": grid(fake_ema), "samples/real_vs_fake": comparison}
+    return {"samples/generator": _grid(fake, nrow), "samples/ema": _grid(fake_ema, nrow),
+            "samples/real_vs_fake": comparison}

@@ -1,10 +1,13 @@
 """Where a run writes: auto-numbered run directories, and which checkpoint `resume` means."""
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import socket
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_DIR, CheckpointError, list_checkpoints
+from .checkpoint import CHECKPOINT_DIR, CheckpointError, UnreadableCheckpoint, list_checkpoints, load_for_resume
 
 _RUN = re.compile(r"^(\d{3,})-")
 
@@ -14,9 +17,14 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in out_dir.iterdir() if (m := _RUN.match(p.name))]
-    run_dir = out_dir / f"{max(numbers, default=-1) + 1:03d}-{name}"
-    run_dir.mkdir()
-    return run_dir
+    number = max(numbers, default=-1) + 1
+    while True:  # another run starting at the same moment may take a number first: take the next
+        run_dir = out_dir / f"{number:03d}-{name}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            number += 1
 
 
 def latest_run_with_checkpoint(out_dir: Path) -> Path | None:
@@ -53,3 +61,48 @@ def resolve(out_dir: str, run_dir: str, name: str, resume: str) -> tuple[Path, P
         target = new_run_dir(Path(out_dir), name)
     checkpoints = list_checkpoints(target) if resume == "latest" else []
     return target, (checkpoints[-1] if checkpoints else None)
+
+
+class RunDirBusy(CheckpointError):
+    """Another training run holds this run dir."""
+
+
+class RunDirLock:
+    """One training run per run dir: an exclusive lock on <run_dir>/.lock, held by the main process until the run
+    ends. The operating system releases it when that process ends in any way (a kill, a preemption), so a
+    requeued job or a resume takes it again; two runs started on one run dir at once cannot both write there."""
+
+    def __init__(self, run_dir: Path):
+        self.file = open(Path(run_dir) / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunDirBusy(f"run dir {run_dir} is in use by another training run ({owner}): wait for it to end, "
+                             f"or give this run another train.run_dir / train.out_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
+def newest_readable(checkpoints: list[Path], config_flat: dict) -> tuple[Path | None, dict | None, list[str]]:
+    """(checkpoint, its state, notes) for resume=latest: the newest checkpoint this config can continue. An
+    unreadable newer one (a kill or a disk fault while it was written) is passed over with a note, not fatal."""
+    notes = []
+    for path in reversed(checkpoints):
+        try:
+            return path, load_for_resume(path, config_flat), notes
+        except UnreadableCheckpoint:
+            notes.append(f"checkpoint {path} is unreadable or truncated: resuming from the newest readable one")
+    if notes:
+        raise CheckpointError(f"no readable checkpoint in {checkpoints[0].parent} ({len(notes)} unreadable): "
+                              f"start afresh without train.resume=latest, or restore a checkpoint file")
+    return None, None, notes

@@ -3,7 +3,7 @@
     python -m evaluation.classifier --data-root data            # trains (~2 CPU minutes), >= 99% test accuracy
 
 The weights go to the cache directory as mnist-classifier-<sha256 prefix>.pt (the prefix is checked on load,
-as torch.hub does). The classifier is registered with torch-fidelity as the feature extractor
+as torch.hub does). `register_extractor()` makes the classifier torch-fidelity's feature extractor
 "mnist-classifier": `features` (128-d penultimate layer) for FID/KID/PRC, `logits_unbiased` for IS.
 """
 from __future__ import annotations
@@ -23,17 +23,11 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 
 from dcgan.data import DataError, load_mnist_uint8
 
+from .common import EvaluationError, cache_dir
+
 EXTRACTOR_NAME = "mnist-classifier"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FILE_PREFIX = "mnist-classifier-"
-
-
-class EvaluationError(RuntimeError):
-    """User-facing evaluation problem; the message is one line."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DCGAN_CACHE", Path.home() / ".cache" / "dcgan-ddp"))
 
 
 class MnistClassifier(nn.Module):
@@ -121,8 +115,11 @@ class MnistClassifierExtractor(FeatureExtractorBase):
         return tuple(named[name].float() for name in self.features_list)
 
 
-if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(EXTRACTOR_NAME, MnistClassifierExtractor)
+def register_extractor() -> str:
+    """Make the classifier known to torch-fidelity as feature extractor EXTRACTOR_NAME (once); returns the name."""
+    if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(EXTRACTOR_NAME, MnistClassifierExtractor)
+    return EXTRACTOR_NAME
 
 
 @torch.no_grad()

@@ -1,55 +1,83 @@
-"""Periodic evaluation inside a training run (main process): metrics to TensorBoard, best.pt, early stopping
-(no improvement for eval.patience evaluations, or eval.target reached: time-to-quality)."""
+"""Periodic evaluation inside a training run (main process): metrics, whether the model is the best so far, and
+whether to stop early (no improvement for `patience` evaluations, or `target` reached: time-to-quality).
+
+train_ddp.py builds it from the config's `eval` section (plain values) and hands it to the trainer, which calls
+`evaluate(generator, train_seconds)` when `due(epoch)`; the trainer logs the values and keeps best.pt.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
-from dcgan.config import ConfigError, EvalConfig
-
-from .classifier import EvaluationError, cache_dir, find_weights
+from .classifier import find_weights
+from .common import EvaluationError, cache_dir
 from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images, reported_values
 
 # Metrics where a smaller value is better; for every other one, larger is better.
 LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform"}
 
 
+@dataclass
+class Evaluation:
+    values: dict[str, float]
+    improved: bool      # the best so far by best_metric
+    summary: str        # one line for the log
+    stop: str = ""      # why training should stop now ('' = go on)
+
+
 class PeriodicEvaluator:
-    def __init__(self, cfg: EvalConfig, data_root: str, image_size: int, nz: int, device: torch.device):
-        self.cfg, self.nz, self.device = cfg, nz, device
-        self.metrics = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
+    """`settings`: the `eval` section's keys (every_epochs, metrics, num_samples, reference, best_metric, patience,
+    target, classifier_weights, inception_weights). A setting that cannot work raises EvaluationError naming it."""
+
+    def __init__(self, settings: Mapping, data_root: str, image_size: int, nz: int):
+        self.settings, self.nz = dict(settings), nz
+        self.metrics = [m.strip() for m in self.settings["metrics"].split(",") if m.strip()]
+        self.best_metric = self.settings["best_metric"]
         unknown = [m for m in self.metrics if m not in ALL_METRICS]
         if unknown:
-            raise ConfigError(f"eval.metrics: unknown '{','.join(unknown)}': choose from {', '.join(ALL_METRICS)}")
+            raise EvaluationError(f"eval.metrics: unknown '{','.join(unknown)}': choose from {', '.join(ALL_METRICS)}")
         produced = reported_values(self.metrics)
-        if cfg.best_metric not in produced:
-            raise ConfigError(f"eval.best_metric='{cfg.best_metric}' is not computed by eval.metrics={cfg.metrics}: "
-                              f"use one of {', '.join(sorted(produced))}")
+        if self.best_metric not in produced:
+            raise EvaluationError(f"eval.best_metric='{self.best_metric}' is not computed by eval.metrics="
+                                  f"{self.settings['metrics']}: use one of {', '.join(sorted(produced))}")
         if any(m in CLASSIFIER_METRICS for m in self.metrics):
             try:
-                find_weights(cfg.classifier_weights or None)
+                find_weights(self.settings["classifier_weights"] or None)
             except EvaluationError as exc:
-                raise ConfigError(f"eval.metrics needs the MNIST classifier: {exc}") from None
-        self.reference = real_images(data_root, cfg.reference, image_size, cfg.num_samples)
-        self.reference_name = f"mnist-{cfg.reference}-{image_size}px-{cfg.num_samples}"
+                raise EvaluationError(f"eval.metrics needs the MNIST classifier: {exc}") from None
+        count, split = self.settings["num_samples"], self.settings["reference"]
+        self.reference = real_images(data_root, split, image_size, count)
+        self.reference_name = f"mnist-{split}-{image_size}px-{count}"
         self.best = math.nan
         self.evaluations_since_best = 0
 
     def due(self, epoch: int) -> bool:
-        return self.cfg.every_epochs > 0 and (epoch + 1) % self.cfg.every_epochs == 0
+        every = self.settings["every_epochs"]
+        return every > 0 and (epoch + 1) % every == 0
 
-    def evaluate(self, generator: torch.nn.Module) -> dict[str, float]:
-        rows = measure(generator, self.nz, self.reference, self.reference_name, self.metrics, self.cfg.num_samples,
-                       self.cfg.inception_weights or None, self.cfg.classifier_weights or None, self.device,
-                       batch_size=200, seed=0, cache_root=cache_dir() / "fidelity")
+    def evaluate(self, generator: torch.nn.Module, train_seconds: float) -> Evaluation:
+        values = self.measure(generator)
+        improved = self.record(values)
+        shown = " ".join(f"{name} {value:.4g}" for name, value in values.items())
+        progress = "new best" if improved else f"{self.evaluations_since_best} without improvement"
+        summary = f"{shown}; best {self.best_metric} {self.best:.4g} ({progress})"
+        return Evaluation(values, improved, summary, self.stop_reason(values, train_seconds))
+
+    def measure(self, generator: torch.nn.Module) -> dict[str, float]:
+        s = self.settings
+        rows = measure(generator, self.nz, self.reference, self.reference_name, self.metrics, s["num_samples"],
+                       s["inception_weights"] or None, s["classifier_weights"] or None,
+                       next(generator.parameters()).device, batch_size=200, seed=0, cache_root=cache_dir() / "fidelity")
         return {r.metric: r.value for r in rows if r.value is not None}
 
     def record(self, values: dict[str, float]) -> bool:
-        """True when this evaluation is the best so far by eval.best_metric."""
-        value = values[self.cfg.best_metric]
+        """True when this evaluation is the best so far by best_metric."""
+        value = values[self.best_metric]
         better = (math.isnan(self.best) or
-                  (value < self.best if self.cfg.best_metric in LOWER_IS_BETTER else value > self.best))
+                  (value < self.best if self.best_metric in LOWER_IS_BETTER else value > self.best))
         if better:
             self.best, self.evaluations_since_best = value, 0
         else:
@@ -57,14 +85,25 @@ class PeriodicEvaluator:
         return better
 
     def reached_target(self, values: dict[str, float]) -> bool:
-        """eval.target met by this evaluation (<= for distances like FID, >= for scores)."""
-        if not self.cfg.target:
+        """target met by this evaluation (<= for distances like FID, >= for scores)."""
+        target = self.settings["target"]
+        if not target:
             return False
-        value = values[self.cfg.best_metric]
-        return value <= self.cfg.target if self.cfg.best_metric in LOWER_IS_BETTER else value >= self.cfg.target
+        value = values[self.best_metric]
+        return value <= target if self.best_metric in LOWER_IS_BETTER else value >= target
 
     def should_stop(self) -> bool:
-        return self.cfg.patience > 0 and self.evaluations_since_best >= self.cfg.patience
+        patience = self.settings["patience"]
+        return patience > 0 and self.evaluations_since_best >= patience
+
+    def stop_reason(self, values: dict[str, float], train_seconds: float) -> str:
+        metric = self.best_metric
+        if self.reached_target(values):
+            return (f"{metric} {values[metric]:.4g} reached eval.target={self.settings['target']:g} "
+                    f"after {train_seconds:.1f} s of training")
+        if self.should_stop():
+            return f"{metric} has not improved in {self.settings['patience']} evaluations"
+        return ""
 
     def state_dict(self) -> dict:
         return {"best": self.best, "evaluations_since_best": self.evaluations_since_best}

@@ -2,6 +2,7 @@
 
     python -m evaluation.fid --checkpoint runs/000-mnist64                       # latest checkpoint, EMA G
     python -m evaluation.fid --checkpoint runs/000-mnist64 --all --metrics clf_fid,coverage
+    python -m evaluation.fid --checkpoint runs/000-mnist64/generator.safetensors --metrics clf_fid   # an exported G
     python -m evaluation.fid --checkpoint ckpt.pt --inception-weights weights-inception-2015-12-05-6726825d.pth \\
         --num-samples 10000 --reference-floor --json fid.json --logdir runs/000-mnist64/tensorboard
 
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dcgan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from dcgan.checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
+                              list_checkpoints, load_state, read_weights)
 from dcgan.data import DataError
 from dcgan.models import Generator
 
-from .classifier import EvaluationError, cache_dir
+from .common import EvaluationError, cache_dir
 from .metrics import ALL_METRICS, Result, measure, real_images
 
 
@@ -51,12 +53,31 @@ def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
     raise EvaluationError(f"checkpoint {path} does not exist (give a run directory or a ckpt-*.pt file)")
 
 
-def load_generator(path: Path, use_ema: bool, device: torch.device) -> tuple[Generator, dict, int]:
-    state = load_checkpoint(path)
-    config = state["config"]
+def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
+    """A Generator of the architecture `config` describes, holding `weights`, in eval mode on the CPU."""
     G = Generator(config["data"]["image_size"], config["model"]["nz"], config["model"]["ngf"])
-    G.load_state_dict(state["ema"] if use_ema else state["generator"])
-    return G.to(device).eval(), config, state["step"]
+    load_state(G, weights, what, path)
+    return G.eval()
+
+
+def generator_from(state: dict, use_ema: bool, path: Path) -> Generator:
+    """The EMA (or raw) generator of a loaded training checkpoint."""
+    return build_generator(state["config"], state["ema"] if use_ema else state["generator"],
+                           "EMA generator" if use_ema else "generator", path)
+
+
+def load_generator(path: Path, use_ema: bool, device: torch.device) -> tuple[Generator, dict, int | None]:
+    """(generator, its run's config, its step) from a training checkpoint, or from an exported generator
+    (generator.pt / generator.safetensors: the EMA, whose architecture is in the run's config.yaml beside it;
+    its step is not recorded: None)."""
+    state = read_weights(path)
+    if not is_exported_model(state):
+        state = check_training_checkpoint(state, path)
+        return generator_from(state, use_ema, path).to(device), state["config"], state["step"]
+    if not use_ema:
+        raise EvaluationError(f"--no-ema: {path} is the exported EMA generator; the raw G is in the run's checkpoints")
+    config = exported_config(path)
+    return build_generator(config, state, "exported generator", path).to(device), config, None
 
 
 def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.device) -> tuple[list[Result], int]:
@@ -91,7 +112,9 @@ def format_table(rows: list[Result]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory (its latest checkpoint) or ckpt-*.pt file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory (its latest checkpoint), a ckpt-*.pt file, or an exported generator.pt / "
+                             "generator.safetensors (with its run's config.yaml beside it)")
     parser.add_argument("--num-samples", type=int, default=10000, help="generated and reference images (default 10000)")
     parser.add_argument("--reference", choices=("test", "train"), default="test", help="MNIST split to compare with")
     parser.add_argument("--metrics", default="fid,kid,isc", help=f"comma-separated, from {','.join(ALL_METRICS)}")
@@ -107,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="every checkpoint of the run; writes <run>/eval_curve.csv")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator instead of its EMA")
     parser.add_argument("--reference-floor", action="store_true", help="also real-vs-reference at the same count")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_fidelity")
     try:
         if args.num_samples < 2:
@@ -126,10 +149,14 @@ def main(argv=None) -> int:
             writer = SummaryWriter(args.logdir)
         for path in paths:
             rows, step = evaluate_checkpoint(path, args, metrics, device)
-            print(f"{path} (step {step}, {'raw G' if args.no_ema else 'EMA G'})")
+            which = "raw G" if args.no_ema else "EMA G"
+            print(f"{path} ({f'step {step}, {which}' if step is not None else 'exported EMA G'})")
             print(format_table(rows))
             report.append({"checkpoint": str(path), "step": step, "ema": not args.no_ema,
                            "results": [r.as_dict() for r in rows]})
+            if writer and step is None:
+                raise EvaluationError(f"--logdir: {path} is an exported generator, which records no step to log at; "
+                                      f"evaluate the run's checkpoint instead")
             if writer:
                 for r in rows:
                     if r.value is not None:

@@ -19,7 +19,8 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from dcgan.data import load_mnist_uint8, to_training_images
 
-from .classifier import EXTRACTOR_NAME, EvaluationError, find_weights, load_classifier, prepare, sha256_prefix
+from .classifier import find_weights, load_classifier, prepare, register_extractor, sha256_prefix
+from .common import EvaluationError
 
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
 CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage")
@@ -197,7 +198,7 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
         start = time.time()
         raw = _fidelity(ImageTensors(fake), reference, f"{reference_name}-clf{sha256_prefix(path)}",
                         {m: True for m in fidelity}, len(fake), seed, device, batch_size, cache_root,
-                        feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=str(path))
+                        feature_extractor=register_extractor(), feature_extractor_weights_path=str(path))
         rows += _rows(raw, {f"clf_{m}": m for m in fidelity}, len(fake), reference_name, weights, time.time() - start)
     if "coverage" in wanted:
         start = time.time()

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, subprocess_env
-from dcgan.config import ConfigError, load_config, parse_override, validate
+from support import ROOT, subprocess_env
+from dcgan.config import ConfigError, load_config, parse_override
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -57,13 +57,6 @@ def test_bad_values_name_the_key(override, names):
     assert names in message and "\n" not in message
 
 
-def test_batch_must_split_over_processes():
-    cfg = load_config(None, ["train.batch_size=128"])
-    validate(cfg, world_size=2)
-    with pytest.raises(ConfigError, match="train.batch_size=128 is not divisible by the world size 3"):
-        validate(cfg, world_size=3)
-
-
 def test_unquoted_no_in_yaml_means_the_string(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  mixed_precision: no\n  epochs: 3\nloss:\n  label_smoothing: off\n")
@@ -101,21 +94,67 @@ def test_cli_dry_run_prints_resolved_config():
     assert resolved["train"]["epochs"] == 7 and resolved["data"]["image_size"] == 32
 
 
-def test_accelerate_launch_flags_fill_in_unset_precision(monkeypatch):
-    from dcgan.training import apply_launcher_settings
+def test_options_and_overrides_mix_in_any_order():
+    result = cli("train.epochs=2", "--config", "configs/mnist32.yaml", "train.seed=3", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    import yaml
+    resolved = yaml.safe_load(result.stdout)
+    assert (resolved["train"]["epochs"], resolved["train"]["seed"], resolved["data"]["image_size"]) == (2, 3, 32)
+
+
+def test_accelerate_launch_flags_fill_in_auto_precision(monkeypatch):
+    from dcgan.plan import resolve_precision, use_cpu
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     cfg = load_config(None, [])
-    apply_launcher_settings(cfg)                     # `accelerate launch --mixed_precision bf16 --cpu`
-    assert cfg.train.mixed_precision == "bf16" and cfg.train.cpu
-    cfg = load_config(None, ["train.mixed_precision=fp16"])
-    apply_launcher_settings(cfg)                     # an explicit config value wins
-    assert cfg.train.mixed_precision == "fp16"
+    assert cfg.train.mixed_precision == "auto"       # the default
+    assert use_cpu(cfg)                              # `accelerate launch --mixed_precision bf16 --cpu`
+    assert resolve_precision(cfg, cpu=False) == "bf16"
+    cfg = load_config(None, ["train.mixed_precision=no"])
+    assert resolve_precision(cfg, cpu=False) == "no"  # an explicit config value wins
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision(load_config(None, []), cpu=True)
+
+
+@pytest.mark.parametrize("cuda, bf16_units, expected", [(True, False, "fp16"), (False, True, "bf16"),
+                                                        (False, False, "no")])
+def test_auto_precision_follows_the_device(monkeypatch, tmp_path, cuda, bf16_units, expected):
+    from dcgan import plan
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu avx512f" + (" avx512_bf16" if bf16_units else "") + "\n")
+    assert plan.cpu_has_native_bf16(cpuinfo) == bf16_units
+    monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: bf16_units)
+    assert plan.resolve_precision(load_config(None, []), cpu=not cuda) == expected
+
+
+def test_run_records_and_logs_the_resolved_precision(mnist_root, tmp_path):
+    """auto resolves before the run starts: config.yaml and the first log line say what ran, never 'auto'."""
+    from support import TINY, only_run_dir, run_train
+    from dcgan.plan import cpu_has_native_bf16
+    overrides = [o for o in TINY if not o.startswith("train.mixed_precision")]
+    run_train(overrides + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=2"])
+    run_dir = only_run_dir(tmp_path)
+    expected = "bf16" if cpu_has_native_bf16() else "no"
+    assert f"mixed_precision: {expected}" in (run_dir / "config.yaml").read_text()
+    assert f"precision {expected}," in (run_dir / "train.log").read_text()
+
+
+def test_batch_must_split_over_processes_and_fit_the_dataset():
+    from dcgan.plan import plan_run
+    cfg = load_config(None, ["train.batch_size=128", "train.epochs=2"])
+    plan = plan_run(cfg, world_size=2, rank=1, num_images=1000, cuda=False)
+    assert (plan.local_batch, plan.steps_per_epoch, plan.total_steps, plan.cuda_graphs) == (64, 7, 14, False)
+    with pytest.raises(ConfigError, match="train.batch_size=128 is not divisible by the world size 3"):
+        plan_run(cfg, world_size=3, rank=0, num_images=1000, cuda=False)
+    with pytest.raises(ConfigError, match="train.batch_size=128 is larger than the 100 training images"):
+        plan_run(cfg, world_size=1, rank=0, num_images=100, cuda=False)
 
 
 def test_gpu_only_option_conflicts_are_one_line_errors():
     """Checked where a GPU is in use, before the first step (callable here: the GPU's answer for graphs is passed)."""
-    from dcgan.training import check_cuda_options
+    from dcgan.plan import check_cuda_options
 
     def check(overrides):
         check_cuda_options(load_config(None, overrides), graphs=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import make_mnist
+from support import make_mnist
 from dcgan.data import DataError, epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
 
 

@@ -1,11 +1,9 @@
 """Real multi-process runs (torchrun, gloo on CPU): ranks stay identical, and synced BatchNorm makes
 2 processes x batch B/2 train like 1 process x batch B."""
-import json
-
 import pytest
 import torch
 
-from conftest import TINY, load_ckpt, only_run_dir, run_train
+from support import TINY, check_synced_batchnorm, load_ckpt, only_run_dir, run_train
 
 pytestmark = pytest.mark.distributed
 
@@ -54,15 +52,6 @@ def params_at_init(mnist_root, tmp_path):
     G, D = build_models(28, nz=16, ngf=8, ndf=8)
     return torch.cat([v.detach().flatten() for m in (G, D) for k, v in m.state_dict().items()
                       if v.is_floating_point() and "running" not in k])
-
-
-def check_synced_batchnorm(device: str, expected_type: str, tmp_path) -> None:
-    report_path = tmp_path / "syncbn.json"
-    run_train([str(report_path), device], nproc=2, script="tests/helpers/syncbn_check.py")
-    report = json.loads(report_path.read_text())
-    assert report["world_size"] == 2 and report["synced_type"] == expected_type
-    for key in ("output_max_diff", "input_grad_max_diff", "weight_grad_max_diff", "running_var_max_diff"):
-        assert report[key] < 1e-4, (key, report[key])
 
 
 def test_allreduce_batchnorm_two_processes_match_one(tmp_path):

@@ -1,6 +1,7 @@
 """Evaluation: torch-fidelity metrics, the MNIST classifier's metrics, the CLI, and evaluation during training."""
 import json
 import math
+from dataclasses import asdict
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, SHARED, TINY, only_run_dir, run_train, subprocess_env
+from support import ROOT, SHARED, TINY, only_run_dir, run_train, subprocess_env
 from dcgan.config import EvalConfig
 from evaluation.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from evaluation.during_training import PeriodicEvaluator
@@ -205,27 +206,40 @@ def test_cli_inception_metrics_offline(short_run, mnist_root, tmp_path):
 
 # ---- during training ----------------------------------------------------------------------------------------
 
+def evaluator(classifier, mnist_root, **settings) -> PeriodicEvaluator:
+    """The evaluator train_ddp.py builds from the config's eval section, on the small IDX set."""
+    values = {**asdict(EvalConfig()), "every_epochs": 1, "metrics": "clf_fid,coverage", "num_samples": 10,
+              "classifier_weights": str(classifier), **settings}
+    return PeriodicEvaluator(values, str(mnist_root), 28, 16)
+
+
 def test_best_metric_and_patience_logic(tiny_classifier, mnist_root):
-    cfg = EvalConfig(every_epochs=1, metrics="clf_fid,coverage", num_samples=10, best_metric="clf_fid", patience=2,
-                     classifier_weights=str(tiny_classifier))
-    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
-    assert evaluator.record({"clf_fid": 10.0}) and evaluator.record({"clf_fid": 8.0})
-    assert not evaluator.record({"clf_fid": 9.0}) and not evaluator.should_stop()
-    assert not evaluator.record({"clf_fid": 8.5}) and evaluator.should_stop()
-    cfg.best_metric = "confident_share"                                 # larger is better
-    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
-    assert evaluator.record({"confident_share": 0.5}) and not evaluator.record({"confident_share": 0.4})
+    patient = evaluator(tiny_classifier, mnist_root, best_metric="clf_fid", patience=2)
+    assert patient.record({"clf_fid": 10.0}) and patient.record({"clf_fid": 8.0})
+    assert not patient.record({"clf_fid": 9.0}) and not patient.should_stop()
+    assert not patient.record({"clf_fid": 8.5}) and patient.should_stop()
+    assert "has not improved in 2 evaluations" in patient.stop_reason({"clf_fid": 8.5}, 1.0)
+    larger_is_better = evaluator(tiny_classifier, mnist_root, best_metric="confident_share")
+    assert larger_is_better.record({"confident_share": 0.5}) and not larger_is_better.record({"confident_share": 0.4})
 
 
 def test_target_direction_follows_the_metric(tiny_classifier, mnist_root):
-    cfg = EvalConfig(every_epochs=1, metrics="clf_fid,coverage", num_samples=10, best_metric="clf_fid", target=10.0,
-                     classifier_weights=str(tiny_classifier))
-    evaluator = PeriodicEvaluator(cfg, str(mnist_root), 28, 16, CPU)
-    assert evaluator.reached_target({"clf_fid": 9.5}) and not evaluator.reached_target({"clf_fid": 10.5})
-    cfg.best_metric, cfg.target = "confident_share", 0.8                # larger is better
-    assert evaluator.reached_target({"confident_share": 0.9}) and not evaluator.reached_target({"confident_share": 0.7})
-    cfg.target = 0.0                                                    # off
-    assert not evaluator.reached_target({"confident_share": 1.0})
+    fid = evaluator(tiny_classifier, mnist_root, best_metric="clf_fid", target=10.0)
+    assert fid.reached_target({"clf_fid": 9.5}) and not fid.reached_target({"clf_fid": 10.5})
+    assert fid.stop_reason({"clf_fid": 9.5}, 12.34) == "clf_fid 9.5 reached eval.target=10 after 12.3 s of training"
+    share = evaluator(tiny_classifier, mnist_root, best_metric="confident_share", target=0.8)   # larger is better
+    assert share.reached_target({"confident_share": 0.9}) and not share.reached_target({"confident_share": 0.7})
+    off = evaluator(tiny_classifier, mnist_root, best_metric="confident_share", target=0.0)
+    assert not off.reached_target({"confident_share": 1.0}) and off.stop_reason({"confident_share": 1.0}, 1.0) == ""
+
+
+def test_evaluator_settings_that_cannot_work_raise_its_own_error(tiny_classifier, mnist_root):
+    from evaluation.common import EvaluationError
+    for settings, says in ((dict(metrics="clf_fid,fud"), "unknown 'fud'"),
+                           (dict(best_metric="fid"), "eval.best_metric='fid' is not computed"),
+                           (dict(classifier_weights="/nowhere.pt"), "needs the MNIST classifier")):
+        with pytest.raises(EvaluationError, match=says):
+            evaluator(tiny_classifier, mnist_root, **settings)
 
 
 def train_evaluating_every_epoch(mnist_root, tmp_path, classifier, *overrides):
@@ -243,7 +257,7 @@ def test_training_stops_at_target_and_reports_time_to_quality(tiny_classifier, m
                                                 "eval.metrics=coverage", "eval.target=1")
     assert "early stopping at step 16: classes_covered" in log and "reached eval.target=1 after" in log
     seconds = float(log.split("reached eval.target=1 after ")[1].split(" s of training")[0])
-    final = torch.load(run_dir / "checkpoints" / "ckpt-00000016.pt", weights_only=False)
+    final = torch.load(run_dir / "checkpoints" / "ckpt-00000016.pt", weights_only=True)
     assert 0 < seconds <= final["train_seconds"] + 0.05 and (run_dir / "generator.pt").is_file()  # log: 0.1 s
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert [e.value for e in events.Scalars("time/train_seconds")] == [pytest.approx(seconds, abs=0.05)]
@@ -257,7 +271,7 @@ def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_ro
     assert "early stopping at step" in log
     stopped = int(log.split("early stopping at step ")[1].split(":")[0])
     assert stopped < 40 * 16 and (run_dir / "generator.pt").is_file()
-    best = torch.load(run_dir / "best.pt", weights_only=False)
+    best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["step"] <= stopped and best["eval"]["best"] >= 1
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert "eval/clf_fid" in events.Tags()["scalars"]

@@ -5,8 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, load_ckpt, only_run_dir, run_train
-from test_distributed import check_synced_batchnorm
+from support import TINY, check_synced_batchnorm, load_ckpt, only_run_dir, run_train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -58,7 +57,8 @@ def test_cuda_graph_steps_train_like_eager_steps():
     from accelerate import Accelerator
     from dcgan.config import load_config
     from dcgan.cuda_graph import GraphedStep
-    from dcgan.training import build_training_objects, make_train_step
+    from dcgan.models import build_models
+    from dcgan.step import build_gan_step, graphed
 
     def weights(*modules):
         return torch.cat([p.detach().float().flatten() for m in modules for p in m.parameters()])
@@ -69,15 +69,17 @@ def test_cuda_graph_steps_train_like_eager_steps():
                                                    "train.mixed_precision=fp16", f"train.cuda_graphs={graphs}"])
         accelerator = Accelerator(mixed_precision="fp16")
         torch.manual_seed(0)
-        G, D, _, opt_g, opt_d = build_training_objects(cfg, accelerator)
+        G, D = build_models(64, 100, 16, 16)
+        gan = build_gan_step(cfg, accelerator, G, D, cuda_graphs=graphs)
+        G, D = gan.G, gan.D
         start = weights(G, D)
-        step = make_train_step(cfg, accelerator, G, D, opt_g, opt_d)
+        step = graphed(gan, graphs)
         assert isinstance(step, GraphedStep) == graphs
         data = torch.Generator(device="cuda").manual_seed(1)
         for _ in range(10):
             real = torch.rand(32, 1, 64, 64, device="cuda", generator=data) * 2 - 1
             stats = step(real, torch.randn(32, 100, device="cuda", generator=data))
-        runs[graphs] = (weights(G, D), stats.clone(), accelerator.scaler.get_scale())
+        runs[graphs] = (weights(G, D), stats.values.clone(), accelerator.scaler.get_scale())
     moved = (runs[False][0] - start).abs().max().item()
     gap = (runs[True][0] - runs[False][0]).abs().max().item()
     print(f"max |weight| gap graphed vs eager after 10 steps: {gap:.2e} (weights moved {moved:.2e})")

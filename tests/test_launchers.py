@@ -1,4 +1,5 @@
-"""The launchers of launch/: two "nodes" on one machine (two launcher invocations, node ranks 0 and 1)."""
+"""The launchers of launch/: two "nodes" on one machine (two launcher invocations, node ranks 0 and 1).
+launch/torchrun.sh's two-node form is the README's, run by tests/test_readme.py."""
 import os
 import socket
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, subprocess_env
+from support import ROOT, TINY, load_ckpt, only_run_dir, subprocess_env
 
 pytestmark = pytest.mark.distributed
 
@@ -23,20 +24,6 @@ def run_nodes(commands_env: list[tuple[list[str], dict]], timeout: int = 300) ->
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-4000:]
-
-
-def test_torchrun_two_nodes_one_machine(mnist_root, tmp_path):
-    port = free_port()
-    overrides = TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=6"]
-    nodes = []
-    for rank in (0, 1):
-        env = dict(subprocess_env(), NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), PYTHON=sys.executable)
-        nodes.append((["bash", "launch/torchrun.sh", *overrides], env))
-    run_nodes(nodes)
-    run_dir = only_run_dir(tmp_path)
-    assert "2 process(es) on cpu" in (run_dir / "train.log").read_text()
-    assert load_ckpt(run_dir)["step"] == 6
 
 
 def test_accelerate_multinode_config_two_cpu_machines(mnist_root, tmp_path):

@@ -6,8 +6,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env, train_command
-from test_resume import assert_same_state
+from support import ROOT, TINY, assert_same_state, load_ckpt, only_run_dir, run_train, subprocess_env, train_command
 
 pytestmark = pytest.mark.distributed
 

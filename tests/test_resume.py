@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env, train_command
+from support import ROOT, TINY, assert_same_state, load_ckpt, only_run_dir, run_train, subprocess_env, train_command
 from dcgan import rundir
 from dcgan.checkpoint import CheckpointError, atomic_save, save_checkpoint
 
@@ -17,17 +17,6 @@ def wait_for(path, proc, timeout=120):
         assert proc.poll() is None, f"trainer exited early:\n{proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-
-
-def assert_same_state(a: dict, b: dict):
-    for part in ("generator", "discriminator", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
-    for part in ("opt_g", "opt_d"):
-        for index, moments in a[part]["state"].items():
-            for name, value in moments.items():
-                assert torch.equal(value, b[part]["state"][index][name]), f"{part}[{index}].{name} differs"
-    assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
 
 
 def test_kill_and_resume_matches_straight_run(mnist_root, tmp_path):
@@ -48,7 +37,7 @@ def test_kill_and_resume_matches_straight_run(mnist_root, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     ckpt_k = killed_out / "000-mnist64" / "checkpoints" / f"ckpt-{k:08d}.pt"
-    state = torch.load(ckpt_k, weights_only=False)
+    state = torch.load(ckpt_k, weights_only=True)
     assert 0 < state["train_seconds"] < 120
     atomic_save({**state, "train_seconds": 1000.0}, ckpt_k)
 

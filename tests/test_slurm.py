@@ -1,39 +1,16 @@
 """`sbatch slurm/train.sbatch` on a real SLURM cluster: 2 nodes (own network namespaces and addresses) x 1
 process, started by tests/slurm/local_slurm.sh. Skips where that cannot run (not root, no apt, no namespaces)."""
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, load_ckpt
-from test_resume import assert_same_state
+from support import ROOT, TINY, assert_same_state, job_state, load_ckpt, wait_job
 
 pytestmark = pytest.mark.slurm
 
-CLUSTER = ROOT / "tests" / "slurm" / "local_slurm.sh"
 STEPS = 48  # 3 epochs of 16 steps on the small IDX set
-
-
-@pytest.fixture(scope="module")
-def slurm_env():
-    if os.geteuid() != 0:
-        pytest.skip("SLURM tests start daemons and network namespaces: they need root")
-    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
-        pytest.skip("SLURM is not installed and apt-get is not available to install it")
-    env = dict(os.environ, LS_MODE="netns")
-    started = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        pytest.skip(f"could not start the local SLURM cluster: {(started.stderr or started.stdout).strip().splitlines()[-1:]}")
-    conf = subprocess.run(["bash", str(CLUSTER), "env"], env=env, capture_output=True, text=True).stdout
-    env["SLURM_CONF"] = conf.strip().split("=", 1)[1]
-    env["PYTHON"] = sys.executable          # the launcher runs the trainer with this interpreter
-    env["PYTHONUNBUFFERED"] = "1"
-    yield env
-    subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, timeout=120)
 
 
 def submit(env, run_dir: Path, overrides: list[str], nodes: int = 2) -> str:
@@ -43,23 +20,11 @@ def submit(env, run_dir: Path, overrides: list[str], nodes: int = 2) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-def job_state(env, job: str) -> str:
-    text = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
-    return text.split("JobState=")[1].split()[0] if "JobState=" in text else ""
-
-
-def wait_job(env, job: str, timeout: float = 400) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        state = job_state(env, job)
-        if state and state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"):
-            return state
-        time.sleep(0.2)
-    return f"still {job_state(env, job)} after {timeout}s"
-
-
 def job_config(mnist_root) -> list[str]:
-    return TINY + [f"data.root={mnist_root}", "train.epochs=3", "train.checkpoint_every=8"]
+    """As the README writes it: `sbatch slurm/train.sbatch --config FILE key=value ...` (the script puts its own
+    overrides before these: options and overrides mix in any order)."""
+    return ["--config", "configs/mnist32.yaml", *TINY, f"data.root={mnist_root}", "train.epochs=3",
+            "train.checkpoint_every=8"]
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
-from bench.speed import add_step_arguments, conv_flops, peak_tflops, step_config, step_flops
-from dcgan.models import Generator, build_models
+from support import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
+from bench.harness import add_step_arguments, peak_tflops, step_config
+from dcgan.models import Generator, build_models, conv_flops, step_flops
 
 
 def test_all_speed_switches_off_and_on_train(mnist_root, tmp_path):
@@ -110,7 +110,7 @@ def test_profile_throughput_and_epoch_end_scripts_run():
     profile = bench("bench.profile_step", "--cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1").stdout
     assert re.search(r"per step: wall \d+\.\d+ ms; \d+ img/s", profile) and "convolution" in profile
     throughput = bench("bench.throughput", "--steps", "2", "--warmup", "1", "--repeats", "1").stdout
-    assert re.search(r"\[28px ngf 8 ndf 8 batch 128 precision no\] on .*: \d+ img/s \(median of \d+\), peak", throughput)
+    assert re.search(r"\[28px ngf 8 ndf 8 batch 128 precision (no|bf16)\] on .*: \d+ img/s \(median of \d+\), peak", throughput)
     epoch_end = bench("bench.epoch_end", "--repeats", "1").stdout.splitlines()
     seconds = [float(line.split()[0]) for line in epoch_end[1:5]]
     assert epoch_end[0].startswith("configs/mnist64.yaml: 28px") and all(s >= 0 for s in seconds)

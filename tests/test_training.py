@@ -1,5 +1,7 @@
 """End-to-end runs of train_ddp.py on a tiny model and a small IDX dataset, as a user runs it."""
+import io
 import math
+import os
 import re
 import subprocess
 import sys
@@ -12,10 +14,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
+from support import (ROOT, TINY, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train, subprocess_env,
+                     train_command)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
 from dcgan.reporting import Health
+from dcgan.step import StepStats
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +91,9 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
     still blocked, the next call and close() wait for it, and a failed write is raised, not lost."""
     release, returned_first = threading.Event(), []
 
-    def slow_save(grid, path):
+    def slow_save(grid, fp, format):
         returned_first.append(release.wait(timeout=10))  # False if image_grids only returned after this write
-        Image.new("L", (2, 2)).save(path)
+        Image.new("L", (2, 2)).save(fp, format=format)
 
     monkeypatch.setattr(reporting, "save_image", slow_save)
     writer = SummaryWriter(str(tmp_path / "tensorboard"))
@@ -100,7 +104,7 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
     log.close()
     assert returned_first == [True] and (tmp_path / "samples" / "samples_ema-00000001.png").is_file()
 
-    def failing_save(grid, path):
+    def failing_save(grid, fp, format):
         raise OSError("disk full")
 
     monkeypatch.setattr(reporting, "save_image", failing_save)
@@ -113,7 +117,7 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
 
 def test_grey_probe_reports_levels_and_what_d_sees(short_run, mnist_root):
     run_dir = short_run[0]
-    result = subprocess.run([sys.executable, "-m", "bench.grey_probe", "--checkpoint", str(run_dir),
+    result = subprocess.run([sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(run_dir),
                              "--data-root", str(mnist_root), "--levels", "32", "--batch-size", "16"],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -137,25 +141,91 @@ def test_joint_batch_makes_d_judge_reals_beside_the_fakes(joint):
     """loss.joint_batch: one BatchNorm batch of reals and fakes, so D's view of the reals depends on the fakes
     beside them (what lets it see a shift that all fakes share); with separate batches it cannot. Two D steps
     from the same state with different fakes: D(x) differs with a joint batch only."""
-    from accelerate import Accelerator
-    from dcgan.config import Config
-    from dcgan.training import make_train_step
-
-    accelerator = Accelerator(cpu=True)
-    cfg = Config()
-    cfg.loss.joint_batch = joint
     torch.manual_seed(0)
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     d_x = []
     for noise_seed in (1, 2):
-        torch.manual_seed(0)
-        G, D = Generator(28, nz=16, ngf=8), Discriminator(28, ndf=8)
-        opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-        step = make_train_step(cfg, accelerator, G, D, opt_g, opt_d)
+        step = tiny_gan_step([f"loss.joint_batch={joint}"])
         stats = step(real, torch.randn(8, 16, generator=torch.Generator().manual_seed(noise_seed)))
-        assert torch.isfinite(stats).all()
-        d_x.append(stats[2].item())
+        assert torch.isfinite(stats.values).all()
+        d_x.append(stats.values[StepStats.NAMES.index("D_x")].item())
     assert (d_x[0] != d_x[1]) == joint, d_x
+
+
+def tiny_gan_step(overrides: list[str]):
+    """The trainer's GANStep on the TINY model, on the CPU, from seed 0."""
+    from accelerate import Accelerator
+    from dcgan.config import load_config
+    from dcgan.models import build_models
+    from dcgan.step import build_gan_step
+    cfg = load_config(None, [o for o in TINY if not o.startswith("data.download")] + overrides)
+    torch.manual_seed(0)
+    G, D = build_models(28, 16, 8, 8)
+    return build_gan_step(cfg, Accelerator(cpu=True), G, D, cuda_graphs=False)
+
+
+def test_one_step_updates_d_then_g_and_names_its_stats():
+    """D's update comes first and sees the fakes of the G before the step; G's update then moves G only."""
+    step = tiny_gan_step(["train.channels_last=false", "optim.fused=false"])
+    G, D = step.G, step.D
+    before_g = [p.detach().clone() for p in G.parameters()]
+    before_d = [p.detach().clone() for p in D.parameters()]
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    z = torch.randn(8, 16)
+    with torch.no_grad():
+        fake_before = G(z)  # the fakes D trains on (BatchNorm in training mode, as in the step)
+        real_logits, fake_logits = D(real), D(fake_before)
+    expected_loss_d = step.loss.discriminator(real_logits, fake_logits)
+    stats = step(real, z)
+    named = stats.mean(step.accelerator, count=1)
+    assert list(named) == ["loss_D", "loss_G", "D_x", "D_G_z"]
+    assert named["loss_D"] == pytest.approx(expected_loss_d.item(), rel=1e-5)
+    assert named["D_x"] == pytest.approx(torch.sigmoid(real_logits).mean().item(), rel=1e-5)
+    assert named["D_G_z"] == pytest.approx(torch.sigmoid(fake_logits).mean().item(), rel=1e-5)
+    assert all(not torch.equal(a, b) for a, b in zip(before_d, D.parameters()))   # both networks moved
+    assert all(not torch.equal(a, b) for a, b in zip(before_g, G.parameters()))
+    assert all(p.requires_grad for p in D.parameters())                            # D unfrozen after G's phase
+    # G's update used D after D's update: its loss is -log D_new(G_old(z))
+    with torch.no_grad():
+        assert named["loss_G"] == pytest.approx(step.loss.generator(D(fake_before)).item(), rel=1e-4)
+
+
+def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
+    """Trainer.state_dict() -> load_state_dict() into a fresh Trainer -> state_dict(): the same state, and the two
+    trainers take the same next step."""
+    from accelerate import Accelerator
+    from dcgan.config import load_config
+    from dcgan.data import load_mnist_uint8, to_training_images
+    from dcgan.plan import plan_run
+    from dcgan.trainer import Trainer
+
+    cfg = load_config(None, TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}"])
+    images = to_training_images(load_mnist_uint8(mnist_root), 28)
+    plan = plan_run(cfg, world_size=1, rank=0, num_images=len(images), cuda=False)
+
+    def trainer(name: str) -> Trainer:
+        (tmp_path / name).mkdir()
+        torch.manual_seed(0)
+        return Trainer(cfg, plan, Accelerator(cpu=True), tmp_path / name, images)
+
+    first = trainer("first")
+    for _ in range(3):
+        first.step_fn(first.batches.batch(first.step), first.noise.next())
+        first.ema.update(first.G, first.step)
+        first.step += 1
+    buffer = io.BytesIO()  # through bytes, as a checkpoint file goes: nothing shared with `first`, and data only
+    torch.save(first.state_dict(), buffer)
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    second = trainer("second")
+    second.load_state_dict(saved, tmp_path / "ckpt.pt")
+    again = second.state_dict()
+    assert again["step"] == 3 and again["epoch"] == 0 and again["config"] == saved["config"]
+    assert_same_state(saved, again)
+    for t in (first, second):
+        t.step_fn(t.batches.batch(t.step), t.noise.next())
+    assert all(torch.equal(a, b) for a, b in zip(first.G.parameters(), second.G.parameters()))
+    first.log.close()
+    second.log.close()
 
 
 def test_bf16_autocast_on_cpu(mnist_root, tmp_path):
@@ -164,13 +234,6 @@ def test_bf16_autocast_on_cpu(mnist_root, tmp_path):
     state = load_ckpt(only_run_dir(tmp_path))
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
-
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    return lines[0]
 
 
 def test_missing_data_is_a_one_line_error(tmp_path):
@@ -203,6 +266,35 @@ def test_bad_checkpoints_are_one_line_errors(short_run, mnist_root, tmp_path):
     torch.save([1, 2], loose)
     assert "holds a list" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "loose.pt"]
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(short_run, mnist_root, tmp_path):
+    marker = tmp_path / "code-ran"
+    state = load_ckpt(short_run[0])
+    state["config"]["name"] = RunsCode(marker)
+    crafted = tmp_path / "run" / "checkpoints" / "ckpt-00000032.pt"
+    crafted.parent.mkdir(parents=True)
+    torch.save(state, crafted)
+    commands = {"resume": train_command(TINY + [f"data.root={mnist_root}", f"train.resume={crafted}"]),
+                "evaluation.fid": [sys.executable, "-m", "evaluation.fid", "--checkpoint", str(crafted)],
+                "grey_probe": [sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(tmp_path / "run"),
+                               "--data-root", str(mnist_root)]}
+    for name, command in commands.items():
+        result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert "refused, since loading it could run code" in one_line_error(result), name
+        assert not marker.exists(), f"{name} ran the checkpoint's code"
+    torch.load(crafted, weights_only=False)   # the file really carries code: this load runs it
+    assert marker.exists()
 
 
 def test_impossible_batch_is_a_one_line_error_and_leaves_no_run_dir(mnist_root, tmp_path):

@@ -1,6 +1,6 @@
 """Is a run's background drifting grey, and can its D see that? Reads one checkpoint (a run dir: its latest).
 
-    python -m bench.grey_probe --checkpoint runs/000-mnist64 --data-root data
+    python -m evaluation.grey_probe --checkpoint runs/000-mnist64 --data-root data
 
 Prints the background (per-image median pixel) and stroke (per-image 99th percentile) levels of G's and the EMA's
 samples in [-1, 1] (real digits: -1 and ~+1), then D's mean probability of "real" for real test digits as they
@@ -15,11 +15,11 @@ import sys
 
 import torch
 
-from dcgan.checkpoint import CheckpointError
+from dcgan.checkpoint import CheckpointError, load_checkpoint
 from dcgan.data import DataError, load_mnist_uint8, to_training_images
 from dcgan.models import Discriminator
-from evaluation.classifier import EvaluationError
-from evaluation.fid import checkpoints_to_evaluate, load_generator
+from evaluation.common import EvaluationError
+from evaluation.fid import checkpoints_to_evaluate, generator_from
 
 
 def lift_black(images: torch.Tensor, level: int) -> torch.Tensor:
@@ -52,11 +52,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         path = checkpoints_to_evaluate(args.checkpoint, every=False)[0]
-        G, config, step = load_generator(path, use_ema=False, device=torch.device("cpu"))
-        ema, _, _ = load_generator(path, use_ema=True, device=torch.device("cpu"))
+        state = load_checkpoint(path)  # read once: G, its EMA and D come from the same file
+        G, ema = generator_from(state, False, path), generator_from(state, True, path)
+        config, step = state["config"], state["step"]
         size, nz = config["data"]["image_size"], config["model"]["nz"]
         D = Discriminator(size, config["model"]["ndf"])
-        D.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["discriminator"])
+        D.load_state_dict(state["discriminator"])
         real = to_training_images(load_mnist_uint8(args.data_root, train=False)[:args.batch_size], size,
                                   torch.device("cpu"))
     except (CheckpointError, DataError, EvaluationError) as exc:

@@ -1,0 +1,91 @@
+"""What this machine and launch make of a configuration, and every check that can reject it there.
+
+dcgan/config.py rejects values that are wrong anywhere; this module rejects what is wrong here (fp16 without a
+GPU, CUDA options that fail together, a batch that does not split over the processes or is larger than the
+dataset). train() calls it before a run dir exists, so a mistake is one line and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, ConfigError
+from .data import steps_per_epoch
+
+
+def use_cpu(cfg: Config) -> bool:
+    """train.cpu, `accelerate launch --cpu` (an environment variable), or no CUDA at all. On the CPU a
+    torchrun-started job uses gloo and still runs distributed."""
+    launcher_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return cfg.train.cpu or launcher_cpu or not torch.cuda.is_available()
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix units, where bf16 autocast runs 2-3x faster than fp32 (BENCHMARKS.md)."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg: Config, cpu: bool) -> str:
+    """The precision that runs. An explicit train.mixed_precision wins; `auto` takes `accelerate launch
+    --mixed_precision fp16|bf16` (its default "no" cannot be told from no choice), else the device's fastest."""
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+        if launcher in ("fp16", "bf16"):
+            precision = launcher
+        elif not cpu:
+            precision = "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "no"
+    if precision == "fp16" and cpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU: use bf16, no or auto on CPU")
+    return precision
+
+
+def check_cuda_options(cfg: Config, graphs: bool) -> None:
+    """Speed options that fail together on a GPU: one line before the first step, not a traceback in it."""
+    if graphs and cfg.train.mixed_precision == "fp16" and not cfg.optim.fused:
+        raise ConfigError("train.cuda_graphs with fp16 needs optim.fused=true (the unfused loss-scaler step reads "
+                          "the GPU, which a graph cannot): set optim.fused=true or train.cuda_graphs=false")
+    if cfg.train.compile and cfg.train.channels_last:
+        # Inductor predicts contiguous ConvTranspose weight gradients where cuDNN returns channels_last ones and
+        # fails its stride check in the first backward (pytorch/pytorch#171622; seen with torch 2.11 on an H100).
+        raise ConfigError("train.compile with train.channels_last fails on CUDA (PyTorch issue 171622): "
+                          "set train.channels_last=false to compile, or train.compile=false")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The shape of a run on this launch: who this process is, its share of the batch, how many steps."""
+    world_size: int
+    rank: int
+    local_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    cuda_graphs: bool   # the whole step captured as one CUDA graph (one CUDA process only)
+
+
+def plan_run(cfg: Config, world_size: int, rank: int, num_images: int, cuda: bool) -> RunPlan:
+    """Checks what depends on the number of processes, the dataset and the device, and plans the run."""
+    batch = cfg.train.batch_size
+    if batch % world_size:
+        raise ConfigError(f"train.batch_size={batch} is not divisible by the world size {world_size}: "
+                          f"use a multiple of {world_size}")
+    per_epoch = steps_per_epoch(num_images, batch)
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size={batch} is larger than the {num_images} training images")
+    # NCCL collectives (DDP, SyncBatchNorm) are not captured: several processes run the step eagerly.
+    graphs = cfg.train.cuda_graphs and cuda and world_size == 1
+    if cuda:
+        check_cuda_options(cfg, graphs)
+    total = cfg.train.epochs * per_epoch
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    return RunPlan(world_size, rank, batch // world_size, per_epoch, total, graphs)

@@ -1,0 +1,111 @@
+"""The GAN training step as an object: networks, optimizers and loss bound once, then `step(real, z)` per batch.
+
+Accelerate wraps G and D in DistributedDataParallel when several processes train, and handles mixed precision;
+the step itself is plain PyTorch: one D update, then one G update. On one GPU the whole step is captured once as
+a CUDA graph and replayed (dcgan/cuda_graph.py), which is why it returns its statistics as one device tensor and
+never reads the GPU from the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from .config import Config
+from .cuda_graph import GraphedStep
+from .losses import build_loss
+from .sync_batchnorm import convert_sync_batchnorm
+
+
+@dataclass
+class StepStats:
+    """loss_D, loss_G, D(x), D(G(z)) of one step, or summed over steps, as one device tensor (no host sync)."""
+    values: torch.Tensor
+    NAMES = ("loss_D", "loss_G", "D_x", "D_G_z")
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> StepStats:
+        return cls(torch.zeros(len(cls.NAMES), device=device))
+
+    def add_(self, other: StepStats) -> None:
+        self.values += other.values
+
+    def zero_(self) -> None:
+        self.values.zero_()
+
+    def mean(self, accelerator: Accelerator, count: int) -> dict[str, float]:
+        """The mean over `count` steps and over every process, by name (reads the device: at log intervals)."""
+        means = (accelerator.reduce(self.values, "mean") / max(count, 1)).tolist()
+        return dict(zip(self.NAMES, means))
+
+
+class GANStep:
+    """`step(real, z) -> StepStats`: one D update on real images and detached fakes, then one G update."""
+
+    def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool):
+        self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.D_raw = accelerator.unwrap_model(D)
+        self.loss = loss
+        self.joint_batch = joint_batch  # loss.joint_batch: D's BatchNorm sees reals and fakes as one batch
+
+    def __call__(self, real: torch.Tensor, z: torch.Tensor) -> StepStats:
+        fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, z)
+        loss_g = self.generator_phase(real, fake)
+        d_x = torch.sigmoid(real_logits.detach().float()).mean()
+        d_g_z = torch.sigmoid(fake_logits.detach().float()).mean()
+        return StepStats(torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z]))
+
+    def discriminator_phase(self, real: torch.Tensor, z: torch.Tensor):
+        """D learns to tell real images from detached fakes."""
+        with self.accelerator.autocast():
+            fake = self.G(z)
+            if self.joint_batch:
+                real_logits, fake_logits = self.D(torch.cat([real, fake.detach()])).split(len(real))
+            else:
+                real_logits, fake_logits = self.D(real), self.D(fake.detach())
+            loss_d = self.loss.discriminator(real_logits, fake_logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss_d)
+        self.opt_d.step()
+        return fake, real_logits, fake_logits, loss_d
+
+    def generator_phase(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """G learns to make D call its fakes real. D is called unwrapped and frozen: no gradients for D's
+        parameters and no DDP all-reduce of gradients nobody uses; G's DDP wrapper still averages G's gradients."""
+        self.D_raw.requires_grad_(False)
+        with self.accelerator.autocast():
+            logits = self.D_raw(torch.cat([real, fake]))[len(real):] if self.joint_batch else self.D_raw(fake)
+            loss_g = self.loss.generator(logits)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss_g)
+        self.opt_g.step()
+        self.D_raw.requires_grad_(True)
+        return loss_g
+
+
+def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Module, cuda_graphs: bool) -> GANStep:
+    """G and D (dcgan.models.build_models) with their optimizers as configured, prepared by Accelerate (on the
+    device, DDP-wrapped when several processes train), bound into a GANStep."""
+    cuda = accelerator.device.type == "cuda"
+    if accelerator.num_processes > 1 and cfg.model.sync_bn:
+        G, D = convert_sync_batchnorm(G, use_cuda_sync_bn=cuda), convert_sync_batchnorm(D, use_cuda_sync_bn=cuda)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+    # capturable: Adam's step counters and bias corrections stay on the GPU, as a captured step needs.
+    adam = dict(betas=(cfg.optim.beta1, cfg.optim.beta2), fused=cfg.optim.fused or None, capturable=cuda_graphs)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, **adam)
+    if cfg.train.compile:
+        G.compile(mode=cfg.train.compile_mode)  # in place: state_dict keys stay those of the plain modules
+        D.compile(mode=cfg.train.compile_mode)
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch)
+
+
+def graphed(step: GANStep, cuda_graphs: bool):
+    """The step to call in the loop: captured as a CUDA graph after a few eager warm-up steps, or as it is."""
+    return GraphedStep(step) if cuda_graphs else step

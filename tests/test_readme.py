@@ -1,0 +1,265 @@
+"""The README is a contract: every command in its shell code blocks is run here, as written, in README order.
+
+Each command runs in a scratch copy of the repository whose `data/` holds the small IDX set, with tiny
+settings appended (a trained model is not the point: that the command works is). How each command is tested is
+one row of COMMANDS; a README command without a row, or a row whose command left the README, fails the suite.
+- run:   for real (SLURM forms on the local SLURM cluster, skipped where it cannot start);
+- parse: GPU-only forms: the launcher's own parser takes its part (accelerate's parser; torchrun.sh runs), and
+         train_ddp.py runs its part with --dry-run: the command parses, the config resolves, nothing trains;
+- ci:    the test command itself, which .ci/run runs verbatim.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support import ROOT, SHARED, TINY, subprocess_env, wait_job
+
+INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
+TINY_RUN = TINY[:-1] + ["train.max_steps=2"]       # the TINY model, 2 steps, auto precision left to the config
+
+
+@dataclass
+class Command:
+    text: str                                  # exactly as in the README
+    how: str                                   # run | parse | ci
+    append: list[str] = field(default_factory=list)
+    expect: str = ""                           # a line the command's output (or the named file) must contain
+    expect_in: str = ""                        # file (in the workspace) holding `expect`, instead of the output
+    slurm: bool = False
+
+
+EVAL = ["--num-samples", "50"]
+COMMANDS = [
+    Command("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/accelerate launch "
+            "train_ddp.py", "run", TINY_RUN, "done: 2 steps"),
+    Command("python3 -m venv .venv && .venv/bin/pip install -q -r requirements-dev.txt && .venv/bin/python -m "
+            "pytest -q", "ci"),
+    Command("accelerate launch train_ddp.py", "run", TINY_RUN, "done: 2 steps"),
+    Command("accelerate launch train_ddp.py --config configs/mnist32.yaml train.epochs=2 optim.lr_g=1e-4", "run",
+            TINY_RUN, "done: 2 steps"),
+    Command("accelerate launch --num_processes 4 train_ddp.py train.mixed_precision=fp16", "parse", ["--dry-run"],
+            "mixed_precision: fp16"),
+    Command("torchrun --nproc_per_node 2 train_ddp.py --config configs/mnist32.yaml", "run", TINY_RUN,
+            "2 process(es) on cpu"),
+    Command("python train_ddp.py --config configs/mnist32.yaml --dry-run", "run", [], "name: mnist32"),
+    Command("bash launch/torchrun.sh --config configs/mnist64.yaml train.mixed_precision=fp16", "parse",
+            ["--dry-run"], "mixed_precision: fp16"),
+    Command("accelerate launch --config_file launch/accelerate_multigpu_fp16.yaml --num_processes 8 train_ddp.py",
+            "parse", ["--dry-run"], "name: mnist64"),
+    Command("accelerate launch --config_file launch/accelerate_1gpu.yaml train_ddp.py", "parse", ["--dry-run"],
+            "name: mnist64"),
+    Command("NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 MASTER_PORT=29500 bash launch/torchrun.sh --config "
+            "configs/mnist64.yaml", "run", TINY_RUN, "2 process(es) on cpu"),
+    Command("accelerate launch --config_file launch/accelerate_multinode.yaml --num_machines 2 --machine_rank "
+            "$NODE_RANK --num_processes 16 --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT "
+            "train_ddp.py", "parse", ["--dry-run"], "name: mnist64"),
+    Command("sbatch slurm/train.sbatch --config configs/mnist64.yaml train.epochs=10", "run", TINY_RUN,
+            "done: 2 steps", slurm=True),
+    Command("sbatch --nodes=4 --gpus-per-node=8 slurm/train.sbatch train.mixed_precision=fp16", "parse",
+            ["--dry-run"], "mixed_precision: fp16"),
+    Command("sbatch --dependency=afterok:$JOB --export=ALL,TRAIN_JOB=$JOB slurm/eval.sbatch", "run",
+            ["--metrics", "clf_fid,coverage", *EVAL], '"metric": "clf_fid"', slurm=True),
+    Command("python -m evaluation.classifier --data-root data", "run", ["--epochs", "1", "--min-accuracy", "0"],
+            "saved"),
+    Command("python -m evaluation.fid --checkpoint runs/000-mnist64", "run", ["--metrics", "clf_fid", *EVAL],
+            "clf_fid"),
+    Command("python -m evaluation.fid --checkpoint runs/000-mnist64 --metrics clf_fid,clf_isc,coverage "
+            "--num-samples 10000", "run", EVAL, "classes_covered"),
+    Command("python -m evaluation.fid --checkpoint runs/000-mnist64 --all --metrics clf_fid,coverage", "run", EVAL,
+            "step,metric,value,samples", "runs/000-mnist64/eval_curve.csv"),
+    Command("python -m evaluation.fid --checkpoint runs/000-mnist64/checkpoints/ckpt-00004000.pt --metrics fid,kid "
+            "--inception-weights /path/weights-inception-2015-12-05-6726825d.pth --reference-floor --json fid.json",
+            "run", ["--num-samples", "10", "--batch-size", "10"], '"metric": "floor_fid"', "fid.json"),
+    Command("python -m evaluation.fid --checkpoint runs/000-mnist64/generator.safetensors --metrics "
+            "clf_fid,coverage", "run", EVAL, "exported EMA G"),
+    Command("python train_ddp.py train.mixed_precision=fp16 eval.every_epochs=1 eval.metrics=fid "
+            "eval.best_metric=fid eval.num_samples=10000 eval.target=10 "
+            "eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth", "parse", ["--dry-run"],
+            "target: 10"),
+    Command("accelerate launch train_ddp.py train.resume=latest", "run", TINY[:-1] + ["train.max_steps=4"],
+            "done: 4 steps"),
+    Command("accelerate launch train_ddp.py train.resume=runs/003-mnist64/checkpoints/ckpt-00002000.pt", "run",
+            TINY[:-1] + ["train.max_steps=4"], "resumed from runs/003-mnist64/checkpoints/ckpt-00002000.pt at step 2"),
+]
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's ```bash blocks: continuations joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", line))
+    return commands
+
+
+def test_every_readme_command_has_a_test_and_every_test_a_command():
+    assert readme_commands() == [c.text for c in COMMANDS]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = [c.text for c in COMMANDS if c.how == "ci"]
+    assert len(ci) == 1 and ci[0] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, mnist_root):
+    """A copy of the repository as a user's checkout: data/ holds the small IDX set, .venv is this test's
+    environment, runs/ and the classifier cache start empty."""
+    ws = tmp_path_factory.mktemp("checkout")
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    for name in tracked or [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*") if p.is_file()]:
+        if (ROOT / name).is_file() and not name.startswith(".venv"):
+            (ws / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, ws / name)
+    (ws / "data").symlink_to(mnist_root)
+    (ws / ".venv").symlink_to(Path(sys.prefix))
+    env = subprocess_env()
+    env.update(PYTHONPATH=str(ws), DCGAN_CACHE=str(ws / "cache"), PYTHON=sys.executable,
+               PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    # The SLURM evaluation job comes before the README trains the classifier: a tiny one is in the cache already.
+    from evaluation.classifier import save_classifier, train_classifier
+    model, _ = train_classifier(mnist_root, epochs=1, batch_size=64, log=lambda *_: None)
+    save_classifier(model, ws / "cache")
+    return {"dir": ws, "env": env, "jobs": {}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shell(ws: dict, line: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", line], cwd=ws["dir"], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def prepare(ws: dict, command: Command) -> None:
+    """What a command's placeholders name: checkpoints under the README's file names."""
+    trained = ws["dir"] / "runs" / "000-mnist64" / "checkpoints"
+    for name in ("runs/000-mnist64/checkpoints/ckpt-00004000.pt", "runs/003-mnist64/checkpoints/ckpt-00002000.pt"):
+        if name in command.text and not (ws["dir"] / name).exists():
+            (ws["dir"] / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sorted(trained.glob("ckpt-*.pt"))[0], ws["dir"] / name)
+
+
+def line_for(command: Command, ws: dict) -> str:
+    """The README's line with the appended settings; the install steps of quickstart command 1 are checked
+    without creating another environment (see test_quickstart_install_is_satisfied)."""
+    text = command.text
+    if text.startswith("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && "):
+        text = text.split(" && ")[-1]
+    text = text.replace("/path/weights-inception-2015-12-05-6726825d.pth", str(INCEPTION))
+    return " ".join([text, *command.append])
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.how != "ci"], ids=lambda c: c.text[:70])
+def test_readme_command(command: Command, workspace, request):
+    if "--inception-weights" in command.text and not INCEPTION.is_file():
+        pytest.skip("Inception weights (../shared/models) absent")
+    env = dict(workspace["env"])
+    if command.slurm:
+        env.update(request.getfixturevalue("slurm_env"))
+        env.update(PYTHONPATH=workspace["env"]["PYTHONPATH"], DCGAN_CACHE=workspace["env"]["DCGAN_CACHE"])
+    prepare(workspace, command)
+    line = line_for(command, workspace)
+    if command.how == "parse":
+        return parse_only(workspace, line, env, command)
+    if command.text.startswith("NNODES=2"):
+        return two_nodes(workspace, line, env, command)
+    if command.text.startswith("sbatch") and command.how == "run":
+        return slurm_job(workspace, line, env, command)
+    result = shell(workspace, line, env)
+    assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    check_expectation(workspace, command, result)
+
+
+def check_expectation(ws: dict, command: Command, result) -> None:
+    where = (ws["dir"] / command.expect_in).read_text() if command.expect_in else result.stdout + result.stderr
+    assert command.expect in where, f"{command.text}: '{command.expect}' not in\n{where[-3000:]}"
+
+
+def parse_only(ws: dict, line: str, env: dict, command: Command) -> None:
+    """A GPU-only form on this CPU machine: accelerate's parser takes the launcher's part (sbatch's options are
+    SLURM's), and the trainer's part runs with --dry-run (torchrun.sh runs whole: one CPU process)."""
+    words = shlex.split(line.replace("$NODE_RANK", "0").replace("$MASTER_ADDR", "127.0.0.1")
+                        .replace("$MASTER_PORT", "29500"))
+    script = next(i for i, w in enumerate(words) if w.endswith((".py", ".sh", ".sbatch")))
+    if words[:2] == ["accelerate", "launch"]:
+        from accelerate.commands.launch import launch_command_parser
+        parsed = launch_command_parser().parse_args(words[2:])
+        assert parsed.training_script == "train_ddp.py"
+    if words[script].endswith((".py", ".sbatch")):
+        line = shlex.join([sys.executable, "train_ddp.py", *words[script + 1:]])
+    result = shell(ws, line, env)
+    assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    check_expectation(ws, command, result)
+    assert "run dir" not in result.stdout + result.stderr      # parsed and resolved, never trained
+
+
+def two_nodes(ws: dict, line: str, env: dict, command: Command) -> None:
+    """Both nodes of the README's two-node form on this machine: node0 is 127.0.0.1, a free port for 29500."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        node_line = line.replace("NODE_RANK=0", f"NODE_RANK={rank}").replace("node0", "127.0.0.1")
+        node_line = node_line.replace("MASTER_PORT=29500", f"MASTER_PORT={port}")
+        procs.append(subprocess.Popen(["bash", "-c", node_line], cwd=ws["dir"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    check_expectation(ws, command, subprocess.CompletedProcess(line, 0, outputs[0], ""))
+
+
+def slurm_job(ws: dict, line: str, env: dict, command: Command) -> None:
+    """Submitted as written (--parsable added to read the job id), waited for; $JOB is the training job's id."""
+    line = line.replace("$JOB", ws["jobs"].get("train", "MISSING")).replace("sbatch ", "sbatch --parsable ", 1)
+    submitted = shell(ws, line, env, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    state = wait_job(env, job)
+    kind = "eval" if "eval.sbatch" in line else "train"
+    output = "\n".join(p.read_text() for p in ws["dir"].glob(f"*-{job}.out"))
+    assert state == "COMPLETED", output[-4000:]
+    ws["jobs"][kind] = job
+    run_dir = ws["dir"] / "runs" / f"slurm-{ws['jobs']['train']}"
+    where = (run_dir / "train.log").read_text() if kind == "train" else (run_dir / "eval.json").read_text()
+    assert command.expect in where, where[-3000:]
+
+
+def test_quickstart_install_is_satisfied():
+    """Quickstart command 1 installs requirements.txt: everything it asks for is what the test environment has
+    (CI installs requirements-dev.txt, which includes it), so no requirement is missing from the file."""
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-r",
+                             str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Would install" not in result.stdout, result.stdout[-2000:]
+
+
+def test_readme_python_snippet_loads_an_exported_generator(workspace):
+    """The README's Python block, as written, in a checkout whose runs/000-mnist64 is a trained mnist64 run."""
+    run = workspace["dir"] / "runs" / "000-mnist64"
+    if not (run / "generator.safetensors").is_file():
+        pytest.skip("runs/000-mnist64 is made by the README's first training command (run this module whole)")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    snippet = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
+    sizes = f"image_size={config['data']['image_size']}, nz={config['model']['nz']}, ngf={config['model']['ngf']}"
+    snippet = snippet.replace("image_size=64, nz=100, ngf=64", sizes).replace("torch.randn(16, 100)",
+                                                                             f"torch.randn(16, {config['model']['nz']})")
+    result = subprocess.run([sys.executable, "-c", snippet + "\nprint(tuple(images.shape))"], cwd=workspace["dir"],
+                            env=workspace["env"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"(16, 1, {config['data']['image_size']}, {config['data']['image_size']})"
