@@ -86,14 +86,6 @@ def test_cli_error_is_one_line():
     assert cli("--config", "configs/nope.yaml").stderr.startswith("error: config file configs/nope.yaml does not exist")
 
 
-def test_cli_dry_run_prints_resolved_config():
-    result = cli("--config", "configs/mnist32.yaml", "--dry-run", "train.epochs=7")
-    assert result.returncode == 0, result.stderr
-    import yaml
-    resolved = yaml.safe_load(result.stdout)
-    assert resolved["train"]["epochs"] == 7 and resolved["data"]["image_size"] == 32
-
-
 def test_options_and_overrides_mix_in_any_order():
     result = cli("train.epochs=2", "--config", "configs/mnist32.yaml", "train.seed=3", "--dry-run")
     assert result.returncode == 0, result.stderr

@@ -191,6 +191,31 @@ def test_cli_all_checkpoints_writes_curve_json_and_tensorboard(short_run, tiny_c
     assert "clf_fid" in result.stdout and "mnist-test-28px-60" in result.stdout
 
 
+def test_cli_evaluates_the_exported_generator_like_the_final_checkpoint(short_run, tiny_classifier, mnist_root,
+                                                                          tmp_path):
+    """generator.pt and generator.safetensors are the final checkpoint's (calibrated) EMA: the same metrics, to the
+    digit. Without the run's config.yaml beside them: one line saying what is missing."""
+    common = ["--metrics", "clf_fid,coverage", "--num-samples", 40, "--classifier-weights", tiny_classifier,
+              "--data-root", mnist_root, "--cache-dir", tmp_path / "cache"]
+    values = {}
+    for name in ("checkpoints/ckpt-00000032.pt", "generator.pt", "generator.safetensors"):
+        result = cli("--checkpoint", short_run / name, *common, "--json", tmp_path / "e.json")
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((tmp_path / "e.json").read_text())
+        values[name] = {r["metric"]: r["value"] for r in report["results"]}
+        assert report["step"] == (32 if name.startswith("checkpoints") else None)
+    assert values["generator.pt"] == values["generator.safetensors"] == values["checkpoints/ckpt-00000032.pt"]
+    assert "exported EMA G" in result.stdout
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "generator.safetensors").write_bytes((short_run / "generator.safetensors").read_bytes())
+    result = cli("--checkpoint", loose / "generator.safetensors", *common)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {loose}/generator.safetensors is an exported model without its run's config.yaml beside it (which "
+        f"gives its architecture): copy the run's config.yaml next to it"]
+    assert "--no-ema" in cli("--checkpoint", short_run / "generator.pt", "--no-ema", *common).stderr
+
+
 @needs_inception
 def test_cli_inception_metrics_offline(short_run, mnist_root, tmp_path):
     result = cli("--checkpoint", short_run, "--metrics", "fid,kid,isc", "--num-samples", 24, "--batch-size", 12,

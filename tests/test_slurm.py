@@ -1,5 +1,6 @@
 """`sbatch slurm/train.sbatch` on a real SLURM cluster: 2 nodes (own network namespaces and addresses) x 1
-process, started by tests/slurm/local_slurm.sh. Skips where that cannot run (not root, no apt, no namespaces)."""
+process, started by tests/slurm/local_slurm.sh. Skips where that cannot run (not root, no apt, no namespaces).
+The README's SLURM commands (one-node training, the evaluation job after it) run in tests/test_readme.py."""
 import subprocess
 import time
 from pathlib import Path
@@ -76,22 +77,3 @@ def test_interrupted_job_resumes_and_matches_uninterrupted_run(slurm_env, baseli
     final = load_ckpt(run_dir)
     assert final["step"] == STEPS
     assert_same_state(load_ckpt(baseline[0]), final)
-
-
-def test_eval_job_runs_after_training_job(slurm_env, mnist_root, tmp_path):
-    """sbatch --dependency=afterok: the evaluation job waits for training, then measures its result."""
-    from evaluation.classifier import save_classifier, train_classifier
-    model, _ = train_classifier(mnist_root, epochs=1, batch_size=64, log=lambda *_: None)
-    weights = save_classifier(model, tmp_path / "classifier")
-    run_dir = tmp_path / "run"
-    train_job = submit(slurm_env, run_dir, TINY + [f"data.root={mnist_root}", "train.epochs=1"], nodes=1)
-    eval_job = subprocess.run(
-        ["sbatch", "--parsable", f"--dependency=afterok:{train_job}", f"--output={tmp_path}/%x-%j.out",
-         f"--export=ALL,RUN_DIR={run_dir}", "slurm/eval.sbatch", "--metrics", "clf_fid,coverage",
-         "--num-samples", "50", "--classifier-weights", str(weights), "--cache-dir", str(tmp_path / "cache")],
-        cwd=ROOT, env=slurm_env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
-    assert wait_job(slurm_env, eval_job) == "COMPLETED", (tmp_path / f"dcgan-eval-{eval_job}.out").read_text()[-3000:]
-    assert job_state(slurm_env, train_job) == "COMPLETED"
-    import json
-    report = json.loads((run_dir / "eval.json").read_text())
-    assert report["step"] == 16 and {r["metric"] for r in report["results"]} >= {"clf_fid", "classes_covered"}
