@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,34 +14,6 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
-
-# The health check of seed 002: a DCGAN that trains well keeps D(x) roughly in 0.7-0.9, D(G(z)) above 0.1
-# (G still fools D sometimes) and loss_D away from 0 (D has not won outright).
-HEALTHY_D_X = (0.7, 0.9)
-MIN_D_G_Z = 0.1
-MIN_LOSS_D = 0.1
-
-
-@dataclass
-class Health:
-    d_x: float
-    d_g_z: float
-    loss_d: float
-
-    def problems(self) -> list[str]:
-        found = []
-        if not HEALTHY_D_X[0] <= self.d_x <= HEALTHY_D_X[1]:
-            found.append(f"D(x)={self.d_x:.2f} outside {HEALTHY_D_X[0]}-{HEALTHY_D_X[1]}")
-        if self.d_g_z < MIN_D_G_Z:
-            found.append(f"D(G(z))={self.d_g_z:.2f} below {MIN_D_G_Z} (D is winning)")
-        if self.loss_d < MIN_LOSS_D:
-            found.append(f"loss_D={self.loss_d:.3f} collapsing to 0")
-        return found
-
-    def verdict(self) -> str:
-        problems = self.problems()
-        return "healthy" if not problems else "WARNING " + "; ".join(problems)
-
 
 class RunLog:
     """`background`: sample grids are PNG-encoded twice (file, TensorBoard), a fixed cost per epoch end that a GPU

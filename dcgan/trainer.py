@@ -23,7 +23,8 @@ from .models import build_models
 from .noise import LatentNoise, fixed_noise, global_rng_state, load_global_rng_state
 from .plan import RunPlan
 from .preemption import StopRequest
-from .reporting import Health, RunLog, sample_grids
+from .health import Health, sample_spread, spread
+from .reporting import RunLog, sample_grids
 from .rundir import RunDirLock
 from .step import StepStats, build_gan_step, graphed
 
@@ -68,6 +69,7 @@ class Trainer:
         self.noise = LatentNoise(nz, cfg.train.batch_size, plan.rank, plan.local_batch, seed, device)
         self.batches = ShardedBatches(images, cfg.train.batch_size, plan.rank, plan.world_size, seed)
         self.real_samples = images[: cfg.train.num_samples]
+        self.real_spread = spread(self.real_samples)  # what the fixed-noise samples' spread is judged against
         self.clock = TrainingClock(device)
         self.log = RunLog(accelerator, run_dir)
         self.step = 0
@@ -167,31 +169,34 @@ class Trainer:
         self.window_start = (self.step, self.clock.seconds())
 
     def end_epoch(self, evaluate: bool) -> str:
-        """Health verdict and sample grids of the epoch that ended; an evaluation when due. Returns why training
-        should stop early ('' = go on)."""
+        """Sample grids, an evaluation when due, and the health verdict of the epoch that ended. Returns why
+        training should stop early ('' = go on)."""
         epoch = (self.step - 1) // self.plan.steps_per_epoch
-        means = self.epoch_stats.mean(self.accelerator, self.epoch_steps)
-        health = Health(d_x=means["D_x"], d_g_z=means["D_G_z"], loss_d=means["loss_D"])
-        self.log.scalars({"health/ok": float(not health.problems()), "health/D_x": means["D_x"],
-                          "health/D_G_z": means["D_G_z"], "health/loss_D": means["loss_D"], "epoch": epoch + 1},
-                         step=self.step)
-        self.log.info(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {health.verdict()}")
         self.log.image_grids(sample_grids(self.G, self.ema.calibrated(self.step), self.sample_noise,
                                           self.real_samples), step=self.step)
-        self.epoch_stats.zero_()
-        self.epoch_steps = 0
+        stop, values = "", {}
         if evaluate and self.evaluator and self.evaluator.due(epoch):
             with self.clock.paused():
-                return self.evaluate()
-        return ""
+                stop, values = self.evaluate()
+        means = self.epoch_stats.mean(self.accelerator, self.epoch_steps)
+        health = Health(means["D_x"], means["D_G_z"], means["loss_D"], self.gan.loss.real_target,
+                        self.gan.loss.fake_target, sample_spread(self.G, self.sample_noise) / self.real_spread,
+                        values.get("classes_covered"))
+        self.log.scalars({**health.scalars(), "epoch": epoch + 1}, step=self.step)
+        self.log.info(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {health.verdict()}")
+        self.epoch_stats.zero_()
+        self.epoch_steps = 0
+        return stop
 
-    def evaluate(self) -> str:
-        """Main process: metrics of the EMA generator, best.pt; every process: why to stop early ('' = go on)."""
-        decision = [""]
+    def evaluate(self) -> tuple[str, dict[str, float]]:
+        """Main process: metrics of the EMA generator, best.pt. Returns why to stop early ('' = go on; on every
+        process) and the metrics (on the main process; empty elsewhere)."""
+        decision, values = [""], {}
         if self.accelerator.is_main_process:
             seconds = self.clock.seconds()
             result = self.evaluator.evaluate(self.ema.calibrated(self.step), seconds)
-            self.log.scalars({**{f"eval/{name}": value for name, value in result.values.items()},
+            values = result.values
+            self.log.scalars({**{f"eval/{name}": value for name, value in values.items()},
                               "time/train_seconds": seconds}, step=self.step)
             if result.improved:
                 ckpt.atomic_save(self.state_dict(), self.run_dir / "best.pt")
@@ -200,7 +205,7 @@ class Trainer:
             decision = [result.stop]
         if self.plan.world_size > 1:
             broadcast_object_list(decision, from_process=0)
-        return decision[0]
+        return decision[0], values
 
     def save_checkpoint(self) -> None:
         if self.accelerator.is_main_process:

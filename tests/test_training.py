@@ -14,11 +14,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from support import (ROOT, TINY, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train, subprocess_env,
-                     train_command)
+from support import (ROOT, SHARED, TINY, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train,
+                     subprocess_env, train_command)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
-from dcgan.reporting import Health
+from dcgan.health import MIN_SPREAD_RATIO, Health
 from dcgan.step import StepStats
 
 
@@ -130,10 +130,35 @@ def test_grey_probe_reports_levels_and_what_d_sees(short_run, mnist_root):
         assert ("joint" in line) == joint and re.fullmatch(r"  L= 32 .*: real 0\.\d{3} lifted 0\.\d{3}", line), line
 
 
-def test_health_verdict():
-    assert Health(d_x=0.8, d_g_z=0.3, loss_d=1.0).verdict() == "healthy"
-    assert "D is winning" in Health(d_x=0.8, d_g_z=0.02, loss_d=1.0).verdict()
-    assert "collapsing" in Health(d_x=0.99, d_g_z=0.01, loss_d=0.01).verdict()
+def test_health_verdict_judges_d_against_its_targets():
+    smoothed = dict(loss_d=1.0, real_target=0.85, fake_target=0.2)
+    assert Health(d_x=0.75, d_g_z=0.3, spread_ratio=0.9, **smoothed).verdict() == "healthy"
+    # D on its smoothed targets is D winning outright, though 0.85/0.2 looked healthy to fixed bands
+    assert "D wins outright" in Health(d_x=0.85, d_g_z=0.2, **smoothed).verdict()
+    assert "D wins outright" not in Health(d_x=0.85, d_g_z=0.4, **smoothed).verdict()
+    hard = dict(loss_d=0.01, real_target=1.0, fake_target=0.0)
+    assert "D wins outright" in Health(d_x=0.99, d_g_z=0.01, **hard).verdict()
+    assert Health(d_x=0.85, d_g_z=0.2, **hard).verdict() == "healthy"      # far from 1/0: still a contest
+    collapsed = Health(d_x=0.75, d_g_z=0.3, spread_ratio=0.1, classes_covered=1, **smoothed)
+    assert collapsed.verdict().count("mode collapse") == 2
+    assert collapsed.scalars()["health/ok"] == 0.0 and collapsed.scalars()["health/classes_covered"] == 1
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "MNIST" / "raw").is_dir(), reason="real MNIST (../shared) absent")
+def test_health_flags_a_collapsing_run_within_its_first_epoch_and_not_a_healthy_one(tmp_path):
+    """150 steps of mnist32 on real MNIST: the default recipe is healthy; with loss.joint_batch=true it collapses
+    from the start (every sample one blob, D on its targets 0.85/0.2), which the old fixed bands called healthy."""
+    verdicts, spreads = {}, {}
+    for joint in (False, True):
+        out = tmp_path / f"joint-{joint}"
+        run_train(["--config", "configs/mnist32.yaml", f"data.root={SHARED / 'data'}", f"train.out_dir={out}",
+                   "train.max_steps=150", f"loss.joint_batch={joint}", "data.download=false"])
+        run_dir = only_run_dir(out)
+        verdicts[joint] = (run_dir / "train.log").read_text().split("epoch 1/5 step 150: ")[1].splitlines()[0]
+        events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+        spreads[joint] = events.Scalars("health/spread_ratio")[0].value
+    assert verdicts[False] == "healthy" and spreads[False] > MIN_SPREAD_RATIO, (verdicts, spreads)
+    assert "D wins outright" in verdicts[True] and "mode collapse" in verdicts[True], (verdicts, spreads)
 
 
 @pytest.mark.parametrize("joint", [False, True])
