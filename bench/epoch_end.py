@@ -21,7 +21,7 @@ from accelerate import Accelerator
 
 from dcgan.checkpoint import atomic_save
 from dcgan.config import load_config
-from dcgan.models import build_models
+from dcgan.models import models_for
 from dcgan.plan import use_cpu
 from dcgan.reporting import RunLog, sample_grids
 
@@ -47,7 +47,7 @@ def main() -> None:
     accelerator = Accelerator(cpu=use_cpu(cfg), log_with="tensorboard", project_dir=str(folder))
     accelerator.init_trackers("tensorboard")
     device = accelerator.device
-    G, D = (m.to(device) for m in build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf))
+    G, D = (m.to(device) for m in models_for(cfg))
     ema = copy.deepcopy(G).eval()
     optimizers = [torch.optim.Adam(m.parameters()) for m in (G, D)]
     for model, optimizer in zip((G, D), optimizers):  # Adam's moments exist, as in a real checkpoint

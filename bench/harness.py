@@ -15,7 +15,7 @@ from torch import nn
 
 from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
-from dcgan.models import build_models
+from dcgan.models import models_for
 
 # Dense peak throughput, TFLOP/s (vendor datasheets), for the figure "achieved / peak", matched against the
 # device name in this order. fp32 convolutions run on TF32 tensor cores unless cuDNN's TF32 is turned off
@@ -68,7 +68,7 @@ class Ours:
         plan = plan_run(cfg, world_size=1, rank=0, num_images=8 * cfg.train.batch_size, cuda=not cpu)
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision)
         torch.manual_seed(0)
-        G, D = build_models(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
+        G, D = models_for(cfg)
         self.step = graphed(build_gan_step(cfg, self.accelerator, G, D, plan.cuda_graphs), plan.cuda_graphs)
         self.device, self.batch, self.nz = self.accelerator.device, cfg.train.batch_size, cfg.model.nz
         size = cfg.data.image_size
@@ -99,7 +99,7 @@ class Reference:
                                  drop_last=True, persistent_workers=True)
         self.batches = iter(self.loader)
         torch.manual_seed(0)
-        G, D = build_models(size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf)
+        G, D = models_for(cfg)
         self.netG, self.netD = G.to(device), nn.Sequential(D, nn.Sigmoid()).to(device)
         self.criterion = nn.BCELoss()
         betas = (cfg.optim.beta1, cfg.optim.beta2)

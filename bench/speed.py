@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         for name, runner in runners.items():
             rates[name].append(timed(runner, steps[name], args.batch_size, device))
 
-    flops = step_flops(cfg.data.image_size, cfg.model.nz, cfg.model.ngf, cfg.model.ndf, args.batch_size)
+    flops = step_flops(cfg, args.batch_size)
     peak = peak_tflops(device, precision)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     options = (f"precision {precision}, channels_last {cfg.train.channels_last}, fused Adam {cfg.optim.fused}, "

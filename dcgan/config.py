@@ -16,6 +16,7 @@ import yaml
 from .losses import LOSSES
 
 IMAGE_SIZES = (28, 32, 64)
+OPTIMIZERS = ("adam", "rmsprop")
 # auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/setup.py
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 # torch.compile's modes without CUDA graphs of its own: those (reduce-overhead, max-autotune) fail on the GAN step,
@@ -39,16 +40,21 @@ class ModelConfig:
     nz: int = 100                 # latent size
     ngf: int = 64                 # generator width
     ndf: int = 64                 # discriminator width
+    g_extra_layers: int = 0       # stride-1 conv + BN + ReLU layers before G's output layer (DCGAN's n_extra_layers)
+    d_extra_layers: int = 0       # the same in D, after its input layer, at the image's half resolution
     sync_bn: bool = True          # synchronize BatchNorm statistics across processes (world size > 1)
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adam"            # adam | rmsprop
     lr_g: float = 2e-4
     lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    fused: bool = True            # fused Adam kernels (CPU and CUDA): one kernel per step, not one per tensor
+    beta1: float = 0.5            # Adam
+    beta2: float = 0.999          # Adam
+    alpha: float = 0.99           # RMSprop: smoothing of the squared-gradient average
+    momentum: float = 0.0         # RMSprop
+    fused: bool = True            # fused Adam kernels (CPU and CUDA); RMSprop has none: its multi-tensor kernels
 
 
 @dataclass
@@ -242,11 +248,14 @@ def validate(cfg: Config) -> None:
     _need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
     _need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
     for key, allowed, hint in (("train.mixed_precision", PRECISIONS, ""), ("loss.name", LOSSES, ""),
+                               ("optim.name", OPTIMIZERS, ""),
                                ("train.compile_mode", COMPILE_MODES, " (CUDA graphs: train.cuda_graphs=true)")):
         _need(_get(cfg, key) in allowed, f"{key}='{_get(cfg, key)}' is not one of {', '.join(allowed)}{hint}")
     for key in ("optim.lr_g", "optim.lr_d"):
         _need(_get(cfg, key) > 0, f"{key}={_get(cfg, key)} must be positive")
-    for key in ("optim.beta1", "optim.beta2", "train.ema_decay"):
+    for key in ("model.g_extra_layers", "model.d_extra_layers", "optim.momentum"):
+        _need(_get(cfg, key) >= 0, f"{key}={_get(cfg, key)} must be 0 or positive")
+    for key in ("optim.beta1", "optim.beta2", "optim.alpha", "train.ema_decay"):
         _need(0 <= _get(cfg, key) < 1, f"{key}={_get(cfg, key)} must be in [0, 1)")
     for key in ("loss.real_label", "loss.fake_label"):
         _need(0 <= _get(cfg, key) <= 1, f"{key}={_get(cfg, key)} must be in [0, 1]")

@@ -7,6 +7,9 @@ ngf / ndf, as in PyTorch's examples/dcgan. The discriminator returns logits: the
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -20,8 +23,17 @@ def layout(image_size: int) -> tuple[int, int]:
     return base, levels
 
 
+def same_size_layers(width: int, count: int, activation: Callable[[], nn.Module]) -> list[nn.Module]:
+    """`count` stride-1 3x3 conv + BatchNorm + activation layers that keep the width and resolution: "deeper"
+    without another resolution level (n_extra_layers of the original DCGAN code)."""
+    layers = []
+    for _ in range(count):
+        layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), activation()]
+    return layers
+
+
 class Generator(nn.Module):
-    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1):
+    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1, extra_layers: int = 0):
         super().__init__()
         base, levels = layout(image_size)
         self.image_size, self.nz = image_size, nz
@@ -31,6 +43,7 @@ class Generator(nn.Module):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width // 2), nn.ReLU(True)]
             width //= 2
+        layers += same_size_layers(width, extra_layers, partial(nn.ReLU, True))
         layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
@@ -39,12 +52,13 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1):
+    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1, extra_layers: int = 0):
         super().__init__()
         base, levels = layout(image_size)
         self.image_size = image_size
         # No BatchNorm on the input layer (DCGAN paper, section 3).
         layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        layers += same_size_layers(ndf, extra_layers, partial(nn.LeakyReLU, 0.2, inplace=True))
         width = ndf
         for _ in range(levels - 1):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
@@ -66,12 +80,19 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_models(image_size: int, nz: int, ngf: int, ndf: int) -> tuple[Generator, Discriminator]:
-    generator = Generator(image_size, nz, ngf)
-    discriminator = Discriminator(image_size, ndf)
+def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0,
+                 d_extra: int = 0) -> tuple[Generator, Discriminator]:
+    generator = Generator(image_size, nz, ngf, extra_layers=g_extra)
+    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
     return generator, discriminator
+
+
+def models_for(cfg) -> tuple[Generator, Discriminator]:
+    """G and D as a dcgan.config.Config describes them."""
+    m = cfg.model
+    return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers)
 
 
 
@@ -101,8 +122,9 @@ def conv_flops(module: nn.Module, example: torch.Tensor) -> float:
     return counter.total
 
 
-def step_flops(image_size: int, nz: int, ngf: int, ndf: int, batch: int) -> float:
+def step_flops(cfg, batch: int) -> float:
     """Convolution FLOPs of one training step (dcgan/step.py): 3 G forwards (G: forward + backward) and 8 D
     forwards (D: 2 forwards + backward in the D phase, forward + input-gradient backward in the G phase)."""
-    G, D = build_models(image_size, nz, ngf, ndf)
-    return 3 * conv_flops(G, torch.randn(batch, nz)) + 8 * conv_flops(D, torch.randn(batch, 1, image_size, image_size))
+    G, D = models_for(cfg)
+    size = cfg.data.image_size
+    return 3 * conv_flops(G, torch.randn(batch, cfg.model.nz)) + 8 * conv_flops(D, torch.randn(batch, 1, size, size))

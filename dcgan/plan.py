@@ -51,9 +51,9 @@ def resolve_precision(cfg: Config, cpu: bool) -> str:
 
 def check_cuda_options(cfg: Config, graphs: bool) -> None:
     """Speed options that fail together on a GPU: one line before the first step, not a traceback in it."""
-    if graphs and cfg.train.mixed_precision == "fp16" and not cfg.optim.fused:
-        raise ConfigError("train.cuda_graphs with fp16 needs optim.fused=true (the unfused loss-scaler step reads "
-                          "the GPU, which a graph cannot): set optim.fused=true or train.cuda_graphs=false")
+    if graphs and cfg.train.mixed_precision == "fp16" and not (cfg.optim.fused and cfg.optim.name == "adam"):
+        raise ConfigError("train.cuda_graphs with fp16 needs fused Adam (optim.name=adam, optim.fused=true: an unfused "
+                          "loss-scaler step reads the GPU, which a graph cannot), or set train.cuda_graphs=false")
     if cfg.train.compile and cfg.train.channels_last:
         # Inductor predicts contiguous ConvTranspose weight gradients where cuDNN returns channels_last ones and
         # fails its stride check in the first backward (pytorch/pytorch#171622; seen with torch 2.11 on an H100).

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .config import Config
+from .config import Config, OptimConfig
 from .cuda_graph import GraphedStep
 from .losses import build_loss
 from .sync_batchnorm import convert_sync_batchnorm
@@ -95,15 +95,22 @@ def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Mo
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
-    # capturable: Adam's step counters and bias corrections stay on the GPU, as a captured step needs.
-    adam = dict(betas=(cfg.optim.beta1, cfg.optim.beta2), fused=cfg.optim.fused or None, capturable=cuda_graphs)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, **adam)
+    opt_g = build_optimizer(G.parameters(), cfg.optim.lr_g, cfg.optim, capturable=cuda_graphs)
+    opt_d = build_optimizer(D.parameters(), cfg.optim.lr_d, cfg.optim, capturable=cuda_graphs)
     if cfg.train.compile:
         G.compile(mode=cfg.train.compile_mode)  # in place: state_dict keys stay those of the plain modules
         D.compile(mode=cfg.train.compile_mode)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch)
+
+
+def build_optimizer(params, lr: float, cfg: OptimConfig, capturable: bool) -> torch.optim.Optimizer:
+    """optim.name's optimizer. capturable: its step counters stay on the GPU, as a captured step needs."""
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum,
+                                   foreach=cfg.fused or None, capturable=capturable)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=cfg.fused or None,
+                            capturable=capturable)
 
 
 def graphed(step: GANStep, cuda_graphs: bool):

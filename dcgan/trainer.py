@@ -19,7 +19,7 @@ from .clock import TrainingClock
 from .config import Config
 from .data import ShardedBatches
 from .ema import EmaGenerator
-from .models import build_models
+from .models import models_for
 from .noise import LatentNoise, fixed_noise, global_rng_state, load_global_rng_state
 from .plan import RunPlan
 from .preemption import StopRequest
@@ -56,7 +56,7 @@ class Trainer:
         self.cfg, self.plan, self.accelerator, self.run_dir = cfg, plan, accelerator, Path(run_dir)
         self.evaluator, self.lock = evaluator, lock  # lock: the run dir's, released when the run ends
         device, seed, nz = accelerator.device, cfg.train.seed, cfg.model.nz
-        G, D = build_models(cfg.data.image_size, nz, cfg.model.ngf, cfg.model.ndf)
+        G, D = models_for(cfg)
         # The EMA copies the plain G: plain BatchNorm (it only runs in eval mode), no compile, default layout.
         # Its BatchNorm calibration and the sample grids use fixed noises, each from its own seed.
         self.ema = EmaGenerator(G, cfg.train.ema_decay, fixed_noise(8 * plan.local_batch, nz, seed + 2, device),

@@ -55,7 +55,8 @@ def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
 
 def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
     """A Generator of the architecture `config` describes, holding `weights`, in eval mode on the CPU."""
-    G = Generator(config["data"]["image_size"], config["model"]["nz"], config["model"]["ngf"])
+    model = config["model"]
+    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0))
     load_state(G, weights, what, path)
     return G.eval()
 

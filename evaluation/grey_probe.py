@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         G, ema = generator_from(state, False, path), generator_from(state, True, path)
         config, step = state["config"], state["step"]
         size, nz = config["data"]["image_size"], config["model"]["nz"]
-        D = Discriminator(size, config["model"]["ndf"])
+        D = Discriminator(size, config["model"]["ndf"], extra_layers=config["model"].get("d_extra_layers", 0))
         D.load_state_dict(state["discriminator"])
         real = to_training_images(load_mnist_uint8(args.data_root, train=False)[:args.batch_size], size,
                                   torch.device("cpu"))

@@ -47,6 +47,10 @@ def test_overrides_are_typed():
     ("optim.lr_d=-1", "optim.lr_d"),
     ("optim.beta1=1.5", "optim.beta1"),
     ("model.sync_bn=maybe", "model.sync_bn"),
+    ("optim.name=sgd", "optim.name"),
+    ("optim.alpha=1", "optim.alpha"),
+    ("model.g_extra_layers=-1", "model.g_extra_layers"),
+    ("loss.name=wgan", "loss.name"),
     ("train=3", "train"),
     ("epochs", "key=value"),
 ])
@@ -155,6 +159,7 @@ def test_gpu_only_option_conflicts_are_one_line_errors():
     check(["optim.fused=false"])                                # an unfused fp32 step captures fine
     check(["train.compile=true", "train.channels_last=false"])
     for overrides, names in ((["train.mixed_precision=fp16", "optim.fused=false"], "optim.fused=true"),
+                             (["train.mixed_precision=fp16", "optim.name=rmsprop"], "optim.name=adam"),
                              (["train.compile=true"], "train.channels_last=false")):
         with pytest.raises(ConfigError) as err:
             check(overrides)

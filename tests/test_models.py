@@ -15,6 +15,26 @@ def test_shapes_for_every_image_size(size):
     assert not any(isinstance(m, torch.nn.Sigmoid) for m in D.modules())  # logits: the loss applies the sigmoid
 
 
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("g_extra, d_extra", [(0, 0), (1, 0), (0, 2), (2, 1)])
+def test_extra_layers_keep_shapes_and_add_same_size_convolutions(size, g_extra, d_extra):
+    torch.manual_seed(0)
+    G, D = build_models(size, nz=16, ngf=8, ndf=8, g_extra=g_extra, d_extra=d_extra)
+    plain_g, plain_d = build_models(size, nz=16, ngf=8, ndf=8)
+    images = G(torch.randn(3, 16))
+    assert images.shape == (3, 1, size, size) and D(images).shape == (3,)
+    same_size = lambda net: [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (1, 1)
+                             and m.kernel_size == (3, 3)]
+    assert len(same_size(G)) == g_extra and len(same_size(D)) == d_extra
+    assert len(list(G.modules())) == len(list(plain_g.modules())) + 3 * g_extra    # conv + BN + activation each
+    assert len(list(D.modules())) == len(list(plain_d.modules())) + 3 * d_extra
+    # the extra convolutions run at the resolution next to the image: G's last feature map, D's first
+    if g_extra:
+        assert same_size(G)[0].in_channels == 8 and isinstance(G.main[-2], torch.nn.ConvTranspose2d)
+    if d_extra:
+        assert same_size(D)[0].in_channels == 8 and D.main[2] is same_size(D)[0]
+
+
 def test_depth_follows_image_size():
     assert layout(64) == (4, 4) and layout(32) == (4, 3) and layout(28) == (7, 2)
     n_transposed = lambda g: sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())

@@ -9,6 +9,7 @@ import torch
 
 from support import ROOT, TINY, load_ckpt, only_run_dir, run_train, subprocess_env
 from bench.harness import add_step_arguments, peak_tflops, step_config
+from dcgan.config import load_config
 from dcgan.models import Generator, build_models, conv_flops, step_flops
 
 
@@ -19,6 +20,20 @@ def test_all_speed_switches_off_and_on_train(mnist_root, tmp_path):
         state = load_ckpt(only_run_dir(tmp_path / name))
         assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["generator"].values()
                                           if v.is_floating_point())
+
+
+def test_rmsprop_and_extra_layers_train_and_checkpoints_name_them(mnist_root, tmp_path):
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=3", "optim.name=rmsprop",
+                      "optim.momentum=0.5", "model.g_extra_layers=1", "model.d_extra_layers=1"])
+    state = load_ckpt(only_run_dir(tmp_path))
+    assert state["step"] == 3 and state["config"]["optim"]["name"] == "rmsprop"
+    assert {"square_avg", "momentum_buffer"} <= set(state["opt_g"]["state"][0])        # RMSprop's state, not Adam's
+    assert state["opt_g"]["param_groups"][0]["momentum"] == 0.5
+    G = Generator(28, nz=16, ngf=8, extra_layers=1)
+    G.load_state_dict(state["generator"])
+    resumed = run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.resume=latest",
+                                "model.g_extra_layers=1", "model.d_extra_layers=1"], check=False)
+    assert resumed.returncode == 2 and "set optim.name=rmsprop to resume it" in resumed.stderr
 
 
 def test_compiled_models_keep_plain_checkpoint_keys(mnist_root, tmp_path):
@@ -33,7 +48,7 @@ def test_conv_flop_count():
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
     assert conv_flops(conv, torch.zeros(2, 3, 10, 10)) == 2 * (2 * 8 * 10 * 10) * 3 * 9
     G, D = build_models(64, 100, 64, 64)
-    per_image = step_flops(64, 100, 64, 64, batch=1)
+    per_image = step_flops(load_config(ROOT / "configs" / "mnist64.yaml"), batch=1)
     assert per_image == 3 * conv_flops(G, torch.zeros(1, 100)) + 8 * conv_flops(D, torch.zeros(1, 1, 64, 64))
     assert 2.0e9 < per_image < 2.5e9   # the 64x64 DCGAN: ~0.2 GFLOP per image for a G or a D forward
 
