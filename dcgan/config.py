@@ -59,7 +59,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "bce"             # bce: non-saturating BCE on D's logits (DCGAN)
+    name: str = "bce"             # bce: non-saturating BCE on D's logits (DCGAN) | hinge (label settings unused)
     label_smoothing: bool = True  # targets real_label / fake_label for D instead of 1 / 0
     real_label: float = 0.85
     fake_label: float = 0.2

@@ -1,11 +1,14 @@
 """GAN losses as small strategy objects: D's loss on (real, fake) logits and G's loss on fake logits.
 
-The step (dcgan/step.py) only calls `loss.discriminator(...)` and `loss.generator(...)`; a new loss (hinge,
-Wasserstein) is a new class here and a name in LOSSES, not a branch in the step. Losses are computed in fp32 on
-logits, which stays finite under fp16 autocast where Sigmoid + BCELoss does not.
+The step (dcgan/step.py) only calls `loss.discriminator(...)` and `loss.generator(...)`; a new loss (a
+Wasserstein loss, say) is a new class here and a name in LOSSES, not a branch in the step. Each also names
+real_target and fake_target: D's mean output probabilities on reals and fakes once D has won (the health verdict
+watches for them). Losses are computed in fp32 on logits, which stays finite under fp16 autocast where
+Sigmoid + BCELoss does not.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,9 +42,28 @@ class NonSaturatingBCE:
         return self._bce(fake_logits, 1.0)
 
 
+class Hinge:
+    """The hinge loss (Lim & Ye 2017; SAGAN, BigGAN): D minimizes relu(1 - D(x)) + relu(1 + D(G(z))) on logits,
+    G minimizes -D(G(z)). D is done with an image once its logit is past the margin (+1 real, -1 fake), so
+    real_target/fake_target, D's outputs where it has won (for the health verdict), are sigmoid(+1) and sigmoid(-1)."""
+
+    real_target = 1 / (1 + math.exp(-1.0))
+    fake_target = 1 - real_target
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> Hinge:
+        return cls()
+
+    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.float().mean()
+
+
 # loss.name -> strategy class (config validation accepts exactly these names)
-LOSSES = {"bce": NonSaturatingBCE}
+LOSSES = {"bce": NonSaturatingBCE, "hinge": Hinge}
 
 
-def build_loss(cfg: LossConfig) -> NonSaturatingBCE:
+def build_loss(cfg: LossConfig) -> NonSaturatingBCE | Hinge:
     return LOSSES[cfg.name].from_config(cfg)

@@ -215,6 +215,19 @@ def test_one_step_updates_d_then_g_and_names_its_stats():
         assert named["loss_G"] == pytest.approx(step.loss.generator(D(fake_before)).item(), rel=1e-4)
 
 
+def test_hinge_loss_values_and_a_hinge_step():
+    from dcgan.losses import Hinge
+    loss = Hinge()
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # reals past the +1 margin and fakes past -1 cost nothing; the rest linearly
+    assert loss.discriminator(real, fake).item() == pytest.approx((0 + 0.5 + 2.0) / 3 + (0 + 1.0 + 2.0) / 3)
+    assert loss.generator(fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.0) / 3)
+    assert loss.real_target == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item()) == 1 - loss.fake_target
+    step = tiny_gan_step(["loss.name=hinge"])
+    stats = step(torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 16))
+    assert isinstance(step.loss, Hinge) and torch.isfinite(stats.values).all()
+
+
 def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     """Trainer.state_dict() -> load_state_dict() into a fresh Trainer -> state_dict(): the same state, and the two
     trainers take the same next step."""
