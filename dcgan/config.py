@@ -17,6 +17,7 @@ from .losses import LOSSES
 
 IMAGE_SIZES = (28, 32, 64)
 OPTIMIZERS = ("adam", "rmsprop")
+TRACKERS = ("tensorboard", "wandb")
 # auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/setup.py
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 # torch.compile's modes without CUDA graphs of its own: those (reduce-overhead, max-autotune) fail on the GAN step,
@@ -88,6 +89,9 @@ class TrainConfig:
     run_dir: str = ""             # use exactly this run directory instead (requeued cluster jobs)
     resume: str = ""              # "" | latest | path to a checkpoint file
     num_samples: int = 64         # images in the fixed-noise sample grid
+    trackers: str = "tensorboard" # tensorboard | tensorboard,wandb (pip install -r requirements-wandb.txt)
+    wandb_project: str = "dcgan-ddp"
+    wandb_group: str = ""         # W&B runs of one study side by side (e.g. a sweep's name)
 
 
 @dataclass
@@ -263,6 +267,9 @@ def validate(cfg: Config) -> None:
         _need(_get(cfg, key) >= 0, f"{key}={_get(cfg, key)} must be 0 (off) or positive")
     _need(not cfg.eval.target or cfg.eval.every_epochs > 0,
           f"eval.target={cfg.eval.target:g} needs evaluations: set eval.every_epochs (e.g. eval.every_epochs=1)")
+    trackers = cfg.train.trackers.split(",")
+    _need(set(trackers) <= set(TRACKERS) and "tensorboard" in trackers,
+          f"train.trackers='{cfg.train.trackers}': use tensorboard or tensorboard,wandb (TensorBoard is always on)")
     _need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
     _need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
 

@@ -6,6 +6,7 @@ dataset). train() calls it before a run dir exists, so a mistake is one line and
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,13 @@ def check_cuda_options(cfg: Config, graphs: bool) -> None:
                           "set train.channels_last=false to compile, or train.compile=false")
 
 
+def check_trackers(cfg: Config) -> None:
+    """An optional tracker's package must be installed before anything runs."""
+    if "wandb" in cfg.train.trackers.split(",") and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("train.trackers includes wandb, which is not installed: "
+                          "pip install -r requirements-wandb.txt (or drop wandb from train.trackers)")
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """The shape of a run on this launch: who this process is, its share of the batch, how many steps."""
@@ -74,6 +82,7 @@ class RunPlan:
 
 def plan_run(cfg: Config, world_size: int, rank: int, num_images: int, cuda: bool) -> RunPlan:
     """Checks what depends on the number of processes, the dataset and the device, and plans the run."""
+    check_trackers(cfg)
     batch = cfg.train.batch_size
     if batch % world_size:
         raise ConfigError(f"train.batch_size={batch} is not divisible by the world size {world_size}: "

@@ -64,6 +64,10 @@ class RunLog:
         if not self.enabled:
             return
         self.wait_for_images()
+        if any(tracker.name == "wandb" for tracker in self.accelerator.trackers):
+            # In this thread: W&B drops what is logged at a step older than its last one.
+            self.accelerator.get_tracker("wandb").log_images(
+                {name: [grid.permute(1, 2, 0).numpy()] for name, grid in grids.items()}, step=step)
         if self._image_writer is None:
             self._write_grids(grids, step)
         else:

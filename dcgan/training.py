@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from accelerate import Accelerator, PartialState
+from accelerate.tracking import WandBTracker
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 
 from . import checkpoint as ckpt
@@ -67,7 +68,7 @@ def make_accelerator(cfg: Config, cpu: bool, run_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=cpu,
         mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard",
+        log_with=trackers(cfg, run_dir),
         project_dir=str(run_dir),
         # D runs twice (real, fake) before one backward: DDP's default buffer broadcast at each forward would
         # overwrite BN buffers in place between them. Synced BN keeps the buffers equal on every rank anyway.
@@ -83,6 +84,16 @@ class RunHome:
     resumed: dict | None = None          # the checkpoint's state, loaded (main process only)
     notes: list[str] = field(default_factory=list)  # for the run's log: checkpoints passed over
     lock: RunDirLock | None = None       # main process: held until the run ends
+
+
+def trackers(cfg: Config, run_dir: Path) -> list:
+    """TensorBoard (run_dir/tensorboard), and W&B when train.trackers names it: its project and group from the
+    config, the run dir's name as the run's, its files (offline runs too) in run_dir/wandb."""
+    chosen: list = ["tensorboard"]
+    if "wandb" in cfg.train.trackers.split(","):
+        chosen.append(WandBTracker(cfg.train.wandb_project, name=run_dir.name, dir=str(run_dir),
+                                   group=cfg.train.wandb_group or None))
+    return chosen
 
 
 def resolve_run_dir(cfg: Config, state: PartialState) -> RunHome:

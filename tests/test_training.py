@@ -18,6 +18,7 @@ from support import (ROOT, SHARED, TINY, assert_same_state, load_ckpt, one_line_
                      subprocess_env, train_command)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
+from dcgan.config import ConfigError
 from dcgan.health import MIN_SPREAD_RATIO, Health
 from dcgan.step import StepStats
 
@@ -97,7 +98,7 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reporting, "save_image", slow_save)
     writer = SummaryWriter(str(tmp_path / "tensorboard"))
-    accelerator = SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: writer)
+    accelerator = SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: writer, trackers=[])
     log = reporting.RunLog(accelerator, tmp_path)
     log.image_grids({"samples/ema": torch.rand(3, 8, 8)}, step=1)
     release.set()
@@ -264,6 +265,36 @@ def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first.G.parameters(), second.G.parameters()))
     first.log.close()
     second.log.close()
+
+
+def test_weights_and_biases_offline_gets_the_scalars_images_and_config(mnist_root, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is optional: pip install -r requirements-wandb.txt")
+    env = {**subprocess_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    command = train_command(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=1",
+                                    "train.trackers=tensorboard,wandb", "train.wandb_group=study"])
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    records = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(records) == 1
+    data = records[0].read_bytes()   # protobuf records: the logged keys are in it as plain strings
+    for key in (b"loss/D", b"D(G(z))", b"perf/img_per_s", b"health/ok", b"train.batch_size", b"dcgan-ddp",
+                b"study", run_dir.name.encode()):
+        assert key in data, key
+    images = {p.name.split("_1")[0] for p in records[0].parent.glob("files/media/images/samples/*.png")}
+    assert images == {"generator", "ema", "real_vs_fake"}
+    assert (run_dir / "tensorboard").is_dir()                          # TensorBoard is always on
+
+
+def test_choosing_an_uninstalled_tracker_is_a_one_line_error(mnist_root, tmp_path, monkeypatch):
+    from dcgan.config import load_config
+    from dcgan.plan import check_trackers
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install -r requirements-wandb.txt"):
+        check_trackers(load_config(None, ["train.trackers=tensorboard,wandb"]))
+    with pytest.raises(ConfigError, match="TensorBoard is always on"):
+        load_config(None, ["train.trackers=wandb"])
 
 
 def test_bf16_autocast_on_cpu(mnist_root, tmp_path):
