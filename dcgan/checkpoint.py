@@ -128,13 +128,15 @@ def is_exported_model(state) -> bool:
 
 def check_training_checkpoint(state, path: Path) -> dict:
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a training checkpoint of this project (it holds a {type(state).__name__})")
+        raise CheckpointError(f"{path} is not a training checkpoint of this project "
+                              f"(it holds a {type(state).__name__})")
     if is_exported_model(state):
         raise CheckpointError(f"{path} is an exported model (a state_dict), not a training checkpoint: "
                               f"resume from a checkpoints/ckpt-*.pt of its run")
     missing = TRAINING_KEYS - set(state)
     if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint of this project (missing {', '.join(sorted(missing))})")
+        raise CheckpointError(f"{path} is not a training checkpoint of this project "
+                              f"(missing {', '.join(sorted(missing))})")
     return state
 
 

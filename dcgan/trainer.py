@@ -156,7 +156,8 @@ class Trainer:
         means = self.window.mean(self.accelerator, steps)
         rate = steps * self.cfg.train.batch_size / max(self.clock.seconds() - since, 1e-9)
         values = {"loss/D": means["loss_D"], "loss/G": means["loss_G"], "D(x)": means["D_x"],
-                  "D(G(z))": means["D_G_z"], "perf/img_per_s": rate, "epoch": self.step // self.plan.steps_per_epoch + 1}
+                  "D(G(z))": means["D_G_z"], "perf/img_per_s": rate,
+                  "epoch": self.step // self.plan.steps_per_epoch + 1}
         scaler = self.accelerator.scaler
         if scaler is not None:
             values.update({"amp/loss_scale": scaler.get_scale(), "amp/skipped_steps_D": self.skipped_d,
