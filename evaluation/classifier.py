@@ -21,6 +21,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from dcgan.checkpoint import CheckpointError, read_weights
 from dcgan.data import DataError, load_mnist_uint8
 
 from .common import EvaluationError, cache_dir
@@ -77,9 +78,13 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
     expected = path.stem[len(FILE_PREFIX):] if path.stem.startswith(FILE_PREFIX) else None
     if expected and sha256_prefix(path) != expected:
         raise EvaluationError(f"classifier weights {path} are corrupt (sha256 does not start with {expected}); retrain")
+    try:
+        state = read_weights(path)  # data only: a file that would run code is refused
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
     model = MnistClassifier()
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except Exception as exc:
         raise EvaluationError(f"{path} is not an MNIST classifier of this project ({type(exc).__name__})") from None
     return model.to(device).eval()

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from dcgan.checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
-                              list_checkpoints, load_state, read_weights)
+from dcgan.checkpoint import CheckpointError, list_checkpoints
 from dcgan.data import DataError
-from dcgan.models import Generator
+from dcgan.loading import load_generator
 
 from .common import EvaluationError, cache_dir
 from .metrics import ALL_METRICS, Result, measure, real_images
@@ -51,34 +50,6 @@ def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
             raise EvaluationError("--all takes a run directory, not a checkpoint file")
         return [path]
     raise EvaluationError(f"checkpoint {path} does not exist (give a run directory or a ckpt-*.pt file)")
-
-
-def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
-    """A Generator of the architecture `config` describes, holding `weights`, in eval mode on the CPU."""
-    model = config["model"]
-    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0))
-    load_state(G, weights, what, path)
-    return G.eval()
-
-
-def generator_from(state: dict, use_ema: bool, path: Path) -> Generator:
-    """The EMA (or raw) generator of a loaded training checkpoint."""
-    return build_generator(state["config"], state["ema"] if use_ema else state["generator"],
-                           "EMA generator" if use_ema else "generator", path)
-
-
-def load_generator(path: Path, use_ema: bool, device: torch.device) -> tuple[Generator, dict, int | None]:
-    """(generator, its run's config, its step) from a training checkpoint, or from an exported generator
-    (generator.pt / generator.safetensors: the EMA, whose architecture is in the run's config.yaml beside it;
-    its step is not recorded: None)."""
-    state = read_weights(path)
-    if not is_exported_model(state):
-        state = check_training_checkpoint(state, path)
-        return generator_from(state, use_ema, path).to(device), state["config"], state["step"]
-    if not use_ema:
-        raise EvaluationError(f"--no-ema: {path} is the exported EMA generator; the raw G is in the run's checkpoints")
-    config = exported_config(path)
-    return build_generator(config, state, "exported generator", path).to(device), config, None
 
 
 def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.device) -> tuple[list[Result], int]:

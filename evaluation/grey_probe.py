@@ -17,9 +17,10 @@ import torch
 
 from dcgan.checkpoint import CheckpointError, load_checkpoint
 from dcgan.data import DataError, load_mnist_uint8, to_training_images
+from dcgan.loading import generator_from
 from dcgan.models import Discriminator
 from evaluation.common import EvaluationError
-from evaluation.fid import checkpoints_to_evaluate, generator_from
+from evaluation.fid import checkpoints_to_evaluate
 
 
 def lift_black(images: torch.Tensor, level: int) -> torch.Tensor:

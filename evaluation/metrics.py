@@ -17,6 +17,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
+from dcgan.checkpoint import CheckpointError, read_weights
 from dcgan.data import load_mnist_uint8, to_training_images
 
 from .classifier import find_weights, load_classifier, prepare, register_extractor, sha256_prefix
@@ -107,12 +108,23 @@ def generate(generator: torch.nn.Module, nz: int, count: int, seed: int, batch_s
     return torch.cat(chunks)
 
 
+def read_inception_weights(path: str) -> dict:
+    """The Inception weights file, read as data before torch-fidelity loads it: a file that would run code, or
+    one that is not a state_dict, is a one-line EvaluationError."""
+    try:
+        state = read_weights(Path(path))
+    except CheckpointError as exc:
+        raise EvaluationError(f"--inception-weights: {exc}") from None
+    if not isinstance(state, dict):
+        raise EvaluationError(f"--inception-weights: {path} is not a state_dict of torch-fidelity's InceptionV3")
+    return state
+
+
 def inception_weights_problem(path: str | None) -> str:
     """Why IS cannot be computed with this weights file ('' when it can)."""
     if not path:
         return ""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weight = state.get("fc.weight") if isinstance(state, dict) else None
+    weight = read_inception_weights(path).get("fc.weight")
     if weight is None:
         return f"unavailable: {Path(path).name} has no classifier layer (fc.weight)"
     if not torch.isfinite(weight).all():
@@ -159,6 +171,8 @@ def inception_metrics(source, reference: torch.Tensor, reference_name: str, metr
         return []
     weights = Path(weights_path).name if weights_path else "torch-fidelity default (downloaded)"
     rows = []
+    if weights_path and "isc" not in wanted:  # with isc, inception_weights_problem reads it
+        read_inception_weights(weights_path)  # refused here if it would run code, before torch-fidelity loads it
     if "isc" in wanted and (problem := inception_weights_problem(weights_path)):
         rows.append(Result("isc", None, num_samples, reference_name, weights, 0.0, problem))
         wanted.remove("isc")

@@ -142,3 +142,13 @@ def wait_job(env, job: str, timeout: float = 400) -> str:
             return state
         time.sleep(0.2)
     return f"still {job_state(env, job)} after {timeout}s"
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

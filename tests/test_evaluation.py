@@ -9,9 +9,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from support import ROOT, SHARED, TINY, only_run_dir, run_train, subprocess_env
+from support import ROOT, SHARED, TINY, RunsCode, only_run_dir, run_train, subprocess_env
 from dcgan.config import EvalConfig
 from evaluation.classifier import accuracy, load_classifier, save_classifier, train_classifier
+from evaluation.common import EvaluationError
 from evaluation.during_training import PeriodicEvaluator
 from evaluation.metrics import (classifier_metrics, coverage, inception_metrics,
                                 inception_weights_problem, real_images)
@@ -151,6 +152,21 @@ def test_reference_statistics_are_cached(tiny_classifier, mnist_root, tmp_path):
     assert second[0].value == pytest.approx(first[0].value)
 
 
+def test_weights_files_that_would_run_code_are_refused(tiny_classifier, short_run, tmp_path):
+    """The classifier and Inception weights are read as data too: a pickled payload is one line, and never runs."""
+    marker = tmp_path / "code-ran"
+    classifier = tmp_path / "evil-classifier.pt"
+    torch.save({"body.0.weight": RunsCode(marker)}, classifier)
+    with pytest.raises(EvaluationError, match="refused, since loading it could run code"):
+        load_classifier(classifier)
+    inception = tmp_path / "evil-inception.pth"
+    torch.save({"fc.weight": RunsCode(marker)}, inception)
+    result = cli("--checkpoint", short_run, "--metrics", "fid", "--num-samples", 4, "--inception-weights", inception)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert "--inception-weights:" in result.stderr and "refused, since loading it could run code" in result.stderr
+    assert not marker.exists()
+
+
 def test_inception_score_unavailable_with_nan_classifier(tmp_path):
     weights = tmp_path / "nan-fc.pth"
     torch.save({"fc.weight": torch.full((1008, 2048), float("nan")), "fc.bias": torch.zeros(1008)}, weights)
@@ -259,7 +275,6 @@ def test_target_direction_follows_the_metric(tiny_classifier, mnist_root):
 
 
 def test_evaluator_settings_that_cannot_work_raise_its_own_error(tiny_classifier, mnist_root):
-    from evaluation.common import EvaluationError
     for settings, says in ((dict(metrics="clf_fid,fud"), "unknown 'fud'"),
                            (dict(best_metric="fid"), "eval.best_metric='fid' is not computed"),
                            (dict(classifier_weights="/nowhere.pt"), "needs the MNIST classifier")):

@@ -1,7 +1,6 @@
 """End-to-end runs of train_ddp.py on a tiny model and a small IDX dataset, as a user runs it."""
 import io
 import math
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from support import (ROOT, SHARED, TINY, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train,
+from support import (ROOT, SHARED, TINY, RunsCode, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train,
                      subprocess_env, train_command)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
@@ -335,16 +334,6 @@ def test_bad_checkpoints_are_one_line_errors(short_run, mnist_root, tmp_path):
     torch.save([1, 2], loose)
     assert "holds a list" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "loose.pt"]
-
-
-class RunsCode:
-    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(short_run, mnist_root, tmp_path):

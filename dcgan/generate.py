@@ -1,0 +1,155 @@
+"""Draw digits with a trained generator: a grid, one PNG per sample, a latent walk, or a run's training progress.
+
+    python -m dcgan.generate --checkpoint runs/000-mnist64 --num 64 --out grid.png
+    python -m dcgan.generate --checkpoint runs/000-mnist64/generator.safetensors --num 16 --out-dir digits
+    python -m dcgan.generate --checkpoint runs/000-mnist64 --num 16 --interpolate 24 --out walk.gif
+    python -m dcgan.generate --progress runs/000-mnist64 --out progress.gif
+
+--checkpoint takes a run dir (its latest checkpoint), a ckpt-*.pt or an exported generator.pt/.safetensors; the
+EMA generator draws unless --no-ema. --seed fixes the noise; --truncation T redraws every noise value beyond +-T
+(the truncation trick: fewer, more typical digits). --interpolate K walks through 4 random points of the latent
+space and back, K frames between each two (spherical interpolation), every sample of the grid at once.
+--progress animates a run's per-epoch fixed-noise grids (samples/samples_ema-*.png). Animations are GIFs (imageio).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+from .checkpoint import CheckpointError
+from .loading import load_generator, resolve_generator_path
+
+MAX_NUM = 4096          # samples per call: more is a mistake on the command line, not a use
+WALK_KEYFRAMES = 4
+
+
+class GenerateError(ValueError):
+    """A user-facing mistake; the message is one line."""
+
+
+def sample_noise(num: int, nz: int, seed: int, truncation: float = 0.0) -> torch.Tensor:
+    """N(0, 1) noise from its own seeded generator; with truncation T > 0, values beyond +-T are redrawn."""
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(num, nz, generator=rng)
+    while truncation > 0 and (outside := z.abs() > truncation).any():
+        z[outside] = torch.randn(int(outside.sum()), generator=rng)
+    return z
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation per row: Gaussian noise keeps its typical norm along the way (a straight line
+    passes through the low-norm middle, where samples are atypical)."""
+    cos = (a * b).sum(1, keepdim=True) / (a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True))
+    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def walk_noise(num: int, nz: int, seed: int, frames_between: int, truncation: float) -> list[torch.Tensor]:
+    """The noise of every frame of a closed walk through WALK_KEYFRAMES random points."""
+    keys = [sample_noise(num, nz, seed + k, truncation) for k in range(WALK_KEYFRAMES)]
+    return [slerp(keys[k], keys[(k + 1) % WALK_KEYFRAMES], i / frames_between)
+            for k in range(WALK_KEYFRAMES) for i in range(frames_between)]
+
+
+def to_grid(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> one (3, H, W) grid in [0, 1], as the run's sample grids."""
+    nrow = max(1, int(len(images) ** 0.5))
+    return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+
+
+def to_frame(grid: torch.Tensor) -> np.ndarray:
+    return (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def write_animation(frames: list[np.ndarray], out: Path, fps: float) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out, np.stack(frames), duration=1000 / fps, loop=0)
+
+
+@torch.no_grad()
+def draw(args) -> str:
+    """The generator's part: a grid, single PNGs or a latent walk. Returns what was written."""
+    G, config, _ = load_generator(resolve_generator_path(args.checkpoint), not args.no_ema, torch.device(args.device))
+    if args.digit is not None:
+        raise GenerateError("--digit: this generator is unconditional (its run has no model.conditional); "
+                            "it draws random digits: leave --digit out")
+    nz, device = config["model"]["nz"], torch.device(args.device)
+    if args.interpolate:
+        frames = [to_frame(to_grid(G(z.to(device))))
+                  for z in walk_noise(args.num, nz, args.seed, args.interpolate, args.truncation)]
+        write_animation(frames, Path(args.out), args.fps)
+        return f"{args.out}: a latent walk of {len(frames)} frames, {args.num} samples each"
+    images = G(sample_noise(args.num, nz, args.seed, args.truncation).to(device))
+    if args.out_dir:
+        folder = Path(args.out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            save_image(image.float().cpu(), folder / f"sample-{i:05d}.png", normalize=True, value_range=(-1, 1))
+        return f"{folder}: {args.num} PNGs"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_image(to_grid(images), args.out)
+    return f"{args.out}: a grid of {args.num} samples"
+
+
+def progress(args) -> str:
+    """A run's per-epoch EMA grids as an animation, oldest first."""
+    grids = sorted((Path(args.progress) / "samples").glob("samples_ema-*.png"))
+    if not grids:
+        raise GenerateError(f"--progress: {args.progress} has no samples/samples_ema-*.png (is it a run directory?)")
+    write_animation([iio.imread(path)[..., :3] for path in grids], Path(args.out), args.fps)
+    return f"{args.out}: {len(grids)} frame(s), one per epoch of {args.progress}"
+
+
+def check(args) -> None:
+    """Every mistake in the arguments, before any work."""
+    if (args.checkpoint is None) == (args.progress is None):
+        raise GenerateError("give --checkpoint (draw with a generator) or --progress (animate a run), not both")
+    if not 1 <= args.num <= MAX_NUM:
+        raise GenerateError(f"--num {args.num}: draw 1 to {MAX_NUM} samples")
+    if args.digit is not None and not 0 <= args.digit <= 9:
+        raise GenerateError(f"--digit {args.digit}: digits are 0 to 9")
+    if args.truncation < 0 or args.interpolate < 0 or args.fps <= 0:
+        raise GenerateError("--truncation and --interpolate take 0 (off) or a positive value, --fps a positive one")
+    animated = bool(args.interpolate or args.progress)
+    if args.out_dir and animated:
+        raise GenerateError("--out-dir writes single PNGs: an animation (--interpolate, --progress) needs --out FILE.gif")
+    if not args.out_dir and not args.out:
+        raise GenerateError("say where to write: --out FILE (or --out-dir DIR for one PNG per sample)")
+    wanted = (".gif",) if animated else (".png", ".jpg", ".jpeg")
+    if args.out and Path(args.out).suffix.lower() not in wanted:
+        raise GenerateError(f"--out {args.out}: {'an animation' if animated else 'a grid'} is written as "
+                            f"{' or '.join(wanted)}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="run dir, ckpt-*.pt, or exported generator.pt / .safetensors")
+    parser.add_argument("--progress", help="a run dir: animate its per-epoch sample grids")
+    parser.add_argument("--num", type=int, default=64, help="samples (default 64)")
+    parser.add_argument("--out", help="the grid (.png) or animation (.gif) to write")
+    parser.add_argument("--out-dir", help="write one PNG per sample here instead of a grid")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument("--truncation", type=float, default=0.0, help="redraw noise beyond +-T (0: off)")
+    parser.add_argument("--digit", type=int, default=None, help="0-9: that digit only (conditional models)")
+    parser.add_argument("--interpolate", type=int, default=0, help="K: a latent walk, K frames between points")
+    parser.add_argument("--fps", type=float, default=8.0, help="frames per second of an animation (default 8)")
+    parser.add_argument("--no-ema", action="store_true", help="draw with the raw generator instead of its EMA")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        check(args)
+        print(progress(args) if args.progress else draw(args))
+    except (GenerateError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""A trained generator from whatever a run left behind: its run dir (the latest checkpoint), a training
+checkpoint, or an exported generator.pt / generator.safetensors (with the run's config.yaml beside it).
+Everything is read as data (dcgan/checkpoint.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
+                         list_checkpoints, load_state, read_weights)
+from .models import Generator
+
+
+def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
+    """A Generator of the architecture `config` (a run's config as a dict) describes, holding `weights`, in eval
+    mode on the CPU; weights that do not fit are a one-line CheckpointError."""
+    model = config["model"]
+    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0))
+    load_state(G, weights, what, path)
+    return G.eval()
+
+
+def generator_from(state: dict, use_ema: bool, path: Path) -> Generator:
+    """The EMA (or raw) generator of a loaded training checkpoint."""
+    return build_generator(state["config"], state["ema"] if use_ema else state["generator"],
+                           "EMA generator" if use_ema else "generator", path)
+
+
+def load_generator(path: Path, use_ema: bool, device: torch.device) -> tuple[Generator, dict, int | None]:
+    """(generator, its run's config, its step) from a training checkpoint, or from an exported generator
+    (generator.pt / generator.safetensors: the EMA, whose architecture is in the run's config.yaml beside it;
+    its step is not recorded: None)."""
+    state = read_weights(path)
+    if not is_exported_model(state):
+        state = check_training_checkpoint(state, path)
+        return generator_from(state, use_ema, path).to(device), state["config"], state["step"]
+    if not use_ema:
+        raise CheckpointError(f"{path} is the exported EMA generator: the raw G (--no-ema) is in the run's checkpoints")
+    config = exported_config(path)
+    return build_generator(config, state, "exported generator", path).to(device), config, None
+
+
+def resolve_generator_path(target: str | Path) -> Path:
+    """A run dir means its latest checkpoint; a file is itself."""
+    path = Path(target)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path} has no checkpoints/ckpt-*.pt (is it a run directory?)")
+        return found[-1]
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (give a run directory, a ckpt-*.pt, or an exported "
+                              f"generator.pt / generator.safetensors)")
+    return path

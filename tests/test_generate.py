@@ -1,0 +1,108 @@
+"""python -m dcgan.generate as a user types it: grids, single PNGs, latent walks and progress animations from a
+run, a checkpoint or an exported generator; mistakes are one line."""
+import contextlib
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from support import ROOT, TINY, only_run_dir, run_train, subprocess_env
+from dcgan.generate import main, sample_noise, slerp
+
+
+@pytest.fixture(scope="module")
+def run(mnist_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("generate_runs")
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={out}", "train.epochs=3"])
+    return only_run_dir(out)
+
+
+def generate(*args) -> subprocess.CompletedProcess:
+    """The command as typed, in its own process."""
+    return subprocess.run([sys.executable, "-m", "dcgan.generate", *map(str, args)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(*args) -> str:
+    """The same command's main() in this process (a new process per call costs seconds of imports)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    assert code == 0, err.getvalue()
+    return out.getvalue()
+
+
+def test_the_command_writes_a_grid(run, tmp_path):
+    result = generate("--checkpoint", run, "--num", 9, "--out", tmp_path / "grid.png")
+    assert result.returncode == 0 and result.stdout.strip() == f"{tmp_path / 'grid.png'}: a grid of 9 samples"
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (3 * 30 + 2, 3 * 30 + 2)
+    mistake = generate("--checkpoint", run, "--digit", "12", "--out", tmp_path / "g.png")
+    assert mistake.returncode == 2 and mistake.stderr == "error: --digit 12: digits are 0 to 9\n"
+
+
+def test_grid_from_a_run_a_checkpoint_and_an_exported_generator(run, tmp_path):
+    pixels = {}
+    for name, source in (("run", run), ("ckpt", sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]),
+                         ("pt", run / "generator.pt"), ("safetensors", run / "generator.safetensors")):
+        ok("--checkpoint", source, "--num", 16, "--out", tmp_path / f"{name}.png", "--seed", 3)
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert image.size == (4 * 30 + 2, 4 * 30 + 2)          # 4 x 4 digits of 28 px, 2 px padding
+            pixels[name] = image.tobytes()
+    # the latest checkpoint's EMA is the exported generator: the same samples, however it is named
+    assert pixels["run"] == pixels["ckpt"] == pixels["pt"] == pixels["safetensors"]
+    ok("--checkpoint", run, "--num", 16, "--out", tmp_path / "other-seed.png", "--seed", 4)
+    with Image.open(tmp_path / "other-seed.png") as image:
+        assert image.tobytes() != pixels["run"]
+    ok("--checkpoint", run, "--num", 16, "--out", tmp_path / "raw.png", "--seed", 3, "--no-ema")
+    with Image.open(tmp_path / "raw.png") as image:
+        assert image.tobytes() != pixels["run"]                        # the raw G, not its EMA
+
+
+def test_one_png_per_sample(run, tmp_path):
+    assert "5 PNGs" in ok("--checkpoint", run, "--num", 5, "--out-dir", tmp_path / "digits")
+    files = sorted((tmp_path / "digits").glob("*.png"))
+    assert [f.name for f in files] == [f"sample-{i:05d}.png" for i in range(5)]
+    with Image.open(files[0]) as image:
+        assert image.size == (28, 28)
+
+
+def test_latent_walk_and_training_progress_are_gifs(run, tmp_path):
+    ok("--checkpoint", run, "--num", 4, "--interpolate", 3, "--out", tmp_path / "walk.gif")
+    with Image.open(tmp_path / "walk.gif") as gif:
+        frames = [frame.copy() for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == 4 * 3 and frames[0].size == (2 * 30 + 2, 2 * 30 + 2)
+    ok("--progress", run, "--out", tmp_path / "progress.gif")
+    with Image.open(tmp_path / "progress.gif") as gif:
+        assert gif.n_frames == len(list((run / "samples").glob("samples_ema-*.png"))) == 3
+
+
+def test_truncation_and_slerp():
+    z = sample_noise(200, 16, seed=0, truncation=0.5)
+    assert z.abs().max() <= 0.5 and z.std() > 0.2                       # redrawn, not clipped to the bound
+    assert torch.equal(sample_noise(3, 4, seed=1), sample_noise(3, 4, seed=1))
+    a, b = sample_noise(2, 64, 0), sample_noise(2, 64, 1)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    middle = slerp(a, b, 0.5).norm(dim=1)
+    assert (middle > 0.9 * torch.minimum(a.norm(dim=1), b.norm(dim=1))).all()   # keeps a typical norm
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--checkpoint", "{tmp}/nowhere", "--out", "g.png"], "does not exist"),
+    (["--checkpoint", "{run}", "--digit", "12", "--out", "g.png"], "--digit 12: digits are 0 to 9"),
+    (["--checkpoint", "{run}", "--digit", "7", "--out", "{tmp}/g.png"], "this generator is unconditional"),
+    (["--checkpoint", "{run}", "--num", "0", "--out", "g.png"], "--num 0: draw 1 to 4096"),
+    (["--checkpoint", "{run}", "--num", "100000", "--out", "g.png"], "--num 100000"),
+    (["--checkpoint", "{run}", "--out", "g.txt"], "a grid is written as .png"),
+    (["--checkpoint", "{run}", "--interpolate", "4", "--out", "w.png"], "an animation is written as .gif"),
+    (["--checkpoint", "{run}"], "say where to write"),
+    (["--progress", "{tmp}", "--out", "{tmp}/p.gif"], "has no samples/samples_ema-*.png"),
+])
+def test_mistakes_are_one_line(run, tmp_path, args, says, capsys):
+    assert main([a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
