@@ -78,6 +78,7 @@ def test_classifier_weights_are_hash_checked(tiny_classifier, tmp_path):
         load_classifier(corrupt)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_real_classifier_quality(real_classifier):
     from torchvision.datasets import MNIST
@@ -104,6 +105,7 @@ def test_cached_reference_statistics_belong_to_the_reference_images(tiny_classif
     assert second == pytest.approx(clf_fid(noise, tmp_path / "fresh"), rel=1e-6) and second != first
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_real_vs_real_small_and_noise_large(real_classifier, tmp_path):
     # The whole test set vs 10k training digits (FID's small-sample bias is large; the halves of the test set
@@ -119,6 +121,7 @@ def test_real_vs_real_small_and_noise_large(real_classifier, tmp_path):
     assert fid["real"] < 5 and fid["noise"] > 100 * fid["real"], fid
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_coverage_detects_a_collapsed_generator(real_classifier, tmp_path):
     from torchvision.datasets import MNIST
@@ -232,6 +235,7 @@ def test_cli_evaluates_the_exported_generator_like_the_final_checkpoint(short_ru
     assert "--no-ema" in cli("--checkpoint", short_run / "generator.pt", "--no-ema", *common).stderr
 
 
+@pytest.mark.slow
 @needs_inception
 def test_cli_inception_metrics_offline(short_run, mnist_root, tmp_path):
     result = cli("--checkpoint", short_run, "--metrics", "fid,kid,isc", "--num-samples", 24, "--batch-size", 12,
@@ -317,6 +321,7 @@ def test_training_evaluates_keeps_best_and_stops_early(tiny_classifier, mnist_ro
     assert "eval/clf_fid" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow
 @needs_inception
 def test_time_to_quality_stage_of_the_gpu_suite_runs_small_on_the_cpu(mnist_root, tmp_path):
     """bench/gpu_suite.sh's quality stage itself, in small: Inception FID every QUALITY_EVERY epochs from a float16

@@ -49,7 +49,7 @@ def test_two_node_job_completes(baseline):
     assert (run_dir / "generator.pt").is_file()
 
 
-@pytest.mark.parametrize("interruption", ["requeue", "time_limit_signal"])
+@pytest.mark.parametrize("interruption", [pytest.param("requeue", marks=pytest.mark.slow), "time_limit_signal"])
 def test_interrupted_job_resumes_and_matches_uninterrupted_run(slurm_env, baseline, mnist_root, interruption):
     """requeue: `scontrol requeue` (what preemption does: SIGTERM to every process, then requeue).
     time_limit_signal: SIGUSR1 to the batch shell only, as `--signal=B:USR1@120` sends it before the time

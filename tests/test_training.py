@@ -144,6 +144,7 @@ def test_health_verdict_judges_d_against_its_targets():
     assert collapsed.scalars()["health/ok"] == 0.0 and collapsed.scalars()["health/classes_covered"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "data" / "MNIST" / "raw").is_dir(), reason="real MNIST (../shared) absent")
 def test_health_flags_a_collapsing_run_within_its_first_epoch_and_not_a_healthy_one(tmp_path):
     """150 steps of mnist32 on real MNIST: the default recipe is healthy; with loss.joint_batch=true it collapses
