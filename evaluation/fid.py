@@ -24,7 +24,7 @@ import torch
 
 from dcgan.checkpoint import CheckpointError, list_checkpoints
 from dcgan.data import DataError
-from dcgan.loading import load_generator
+from dcgan.loading import load_generator, resolve_generator_path
 
 from .common import EvaluationError, cache_dir
 from .metrics import ALL_METRICS, Result, measure, real_images
@@ -39,17 +39,13 @@ def parse_metrics(text: str) -> list[str]:
 
 
 def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
-    path = Path(target)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise EvaluationError(f"{path} has no checkpoints/ckpt-*.pt (is it a run directory?)")
-        return found if every else found[-1:]
-    if path.is_file():
-        if every:
-            raise EvaluationError("--all takes a run directory, not a checkpoint file")
+    """The file to evaluate (a run dir means its latest checkpoint), or with --all every checkpoint of a run dir."""
+    path = resolve_generator_path(target)  # one-line errors for a missing path or a run dir without checkpoints
+    if not every:
         return [path]
-    raise EvaluationError(f"checkpoint {path} does not exist (give a run directory or a ckpt-*.pt file)")
+    if not Path(target).is_dir():
+        raise EvaluationError("--all takes a run directory, not a checkpoint file")
+    return list_checkpoints(target)
 
 
 def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.device) -> tuple[list[Result], int]:

@@ -347,7 +347,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(short_run, 
     commands = {"resume": train_command(TINY + [f"data.root={mnist_root}", f"train.resume={crafted}"]),
                 "evaluation.fid": [sys.executable, "-m", "evaluation.fid", "--checkpoint", str(crafted)],
                 "grey_probe": [sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(tmp_path / "run"),
-                               "--data-root", str(mnist_root)]}
+                               "--data-root", str(mnist_root)],
+                "dcgan.generate": [sys.executable, "-m", "dcgan.generate", "--checkpoint", str(crafted), "--out",
+                                   str(tmp_path / "grid.png")]}
     for name, command in commands.items():
         result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert "refused, since loading it could run code" in one_line_error(result), name
