@@ -6,7 +6,6 @@ bench/speed.py, bench/throughput.py and bench/profile_step.py are the command li
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
+from dcgan.memory import peak_memory  # noqa: F401  (the bench CLIs import it from here)
 from dcgan.models import models_for
 
 # Dense peak throughput, TFLOP/s (vendor datasheets), for the figure "achieved / peak", matched against the
@@ -45,13 +45,6 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     if precision == "bf16" and "avx512_bf16" in flags:
         per_cycle *= 2
     return torch.get_num_threads() * mhz * 1e6 * per_cycle / 1e12
-
-
-def peak_memory(device: torch.device) -> tuple[str, float]:
-    """(what was measured, MiB): peak CUDA allocation on a GPU, the process's peak resident memory on a CPU."""
-    if device.type == "cuda":
-        return "CUDA memory allocated", torch.cuda.max_memory_allocated(device) / 2**20
-    return "process RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 class Ours:

@@ -122,13 +122,18 @@ class Config:
 
     def flat(self) -> dict:
         """{'train.epochs': 30, ...}: for TensorBoard hyperparameters."""
-        out = {}
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                out.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                out[key] = value
-        return out
+        return flatten(self.to_dict())
+
+
+def flatten(config: dict) -> dict:
+    """A config as nested dicts (a run's config.yaml) -> {'train.epochs': 30, ..., 'name': 'mnist32'}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

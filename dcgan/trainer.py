@@ -24,6 +24,7 @@ from .noise import LatentNoise, fixed_noise, global_rng_state, load_global_rng_s
 from .plan import RunPlan
 from .preemption import StopRequest
 from .health import Health, sample_spread, spread
+from .memory import peak_memory
 from .reporting import RunLog, sample_grids
 from .rundir import RunDirLock
 from .step import StepStats, build_gan_step, graphed
@@ -157,7 +158,8 @@ class Trainer:
         rate = steps * self.cfg.train.batch_size / max(self.clock.seconds() - since, 1e-9)
         values = {"loss/D": means["loss_D"], "loss/G": means["loss_G"], "D(x)": means["D_x"],
                   "D(G(z))": means["D_G_z"], "perf/img_per_s": rate,
-                  "epoch": self.step // self.plan.steps_per_epoch + 1}
+                  "perf/peak_memory_mib": peak_memory(self.accelerator.device)[1],
+                  "time/train_seconds": self.clock.seconds(), "epoch": self.step // self.plan.steps_per_epoch + 1}
         scaler = self.accelerator.scaler
         if scaler is not None:
             values.update({"amp/loss_scale": scaler.get_scale(), "amp/skipped_steps_D": self.skipped_d,

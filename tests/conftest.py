@@ -20,6 +20,14 @@ def mnist_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_classifier(mnist_root, tmp_path_factory):
+    """Trained for one epoch on the small fake IDX set: enough for plumbing, not for quality."""
+    from evaluation.classifier import save_classifier, train_classifier
+    model, _ = train_classifier(mnist_root, epochs=1, batch_size=64, log=lambda *_: None)
+    return save_classifier(model, tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
 def slurm_env():
     """A real SLURM cluster of 2 nodes in their own network namespaces (tests/slurm/local_slurm.sh), shared by
     the SLURM tests and the README test; skips where it cannot start (not root, no apt, no namespaces)."""

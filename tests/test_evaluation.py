@@ -25,13 +25,6 @@ needs_inception = pytest.mark.skipif(not INCEPTION.is_file(), reason="Inception 
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(mnist_root, tmp_path_factory):
-    """Trained for one epoch on the small fake IDX set: enough for plumbing, not for quality."""
-    model, _ = train_classifier(mnist_root, epochs=1, batch_size=64, log=lambda *_: None)
-    return save_classifier(model, tmp_path_factory.mktemp("classifier"))
-
-
-@pytest.fixture(scope="session")
 def real_classifier(tmp_path_factory):
     """A real judge, trained as `python -m evaluation.classifier` trains it but for 2 epochs instead of 3 (~100
     instead of ~150 CPU seconds on 2 cores; 99.2% instead of 99.35% test accuracy, measured 2026-11-24)."""

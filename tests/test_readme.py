@@ -39,6 +39,7 @@ class Command:
 
 
 EVAL = ["--num-samples", "50"]
+SWEEP_RUN = [*TINY_RUN, "eval.num_samples=50"]   # the studies evaluate 2000 samples; the small test set has 128
 COMMANDS = [
     Command("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/accelerate launch "
             "train_ddp.py", "run", TINY_RUN, "done: 2 steps"),
@@ -94,6 +95,13 @@ COMMANDS = [
             "eval.best_metric=fid eval.num_samples=10000 eval.target=10 "
             "eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth", "parse", ["--dry-run"],
             "target: 10"),
+    Command("python -m experiments.run configs/experiments/baseline.yaml", "run", SWEEP_RUN,
+            "report: runs/baseline/report.md"),
+    Command("python -m experiments.run configs/experiments/hyperparameters.yaml --list", "run", [],
+            "rmsprop_lr0.0005_batch_size128"),
+    Command("python -m experiments.report runs/baseline", "run", [], "| mnist32-seed2 |", "runs/baseline/report.md"),
+    Command("sbatch slurm/sweep.sbatch configs/experiments/precision.yaml", "run", SWEEP_RUN,
+            "| mixed |", "runs/precision/report.md", slurm=True),
     Command("accelerate launch train_ddp.py train.resume=latest", "run", TINY[:-1] + ["train.max_steps=4"],
             "done: 4 steps"),
     Command("accelerate launch train_ddp.py train.resume=runs/003-mnist64/checkpoints/ckpt-00002000.pt", "run",
@@ -188,6 +196,8 @@ def test_readme_command(command: Command, workspace, request):
         return parse_only(workspace, line, env, command)
     if command.text.startswith("NNODES=2"):
         return two_nodes(workspace, line, env, command)
+    if command.text.startswith("sbatch slurm/sweep.sbatch"):
+        return slurm_sweep(workspace, line, env, command)
     if command.text.startswith("sbatch") and command.how == "run":
         return slurm_job(workspace, line, env, command)
     result = shell(workspace, line, env)
@@ -246,6 +256,23 @@ def slurm_job(ws: dict, line: str, env: dict, command: Command) -> None:
     run_dir = ws["dir"] / "runs" / f"slurm-{ws['jobs']['train']}"
     where = (run_dir / "train.log").read_text() if kind == "train" else (run_dir / "eval.json").read_text()
     assert command.expect in where, where[-3000:]
+
+
+def slurm_sweep(ws: dict, line: str, env: dict, command: Command) -> None:
+    """The sweep job submits the members' array and the report job after it: all three complete, every member
+    finished in its own run dir, and the report lists them."""
+    submitted = shell(ws, line.replace("sbatch ", "sbatch --parsable ", 1), env, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    state = wait_job(env, job)
+    output = (ws["dir"] / f"sweep-{job}.out").read_text()
+    assert state == "COMPLETED", output[-4000:]
+    array, report = re.search(r"array job (\d+), report job (\d+)", output).groups()
+    assert wait_job(env, report) == "COMPLETED", "\n".join(p.read_text() for p in ws["dir"].glob("sweep*.out"))
+    logs = "\n".join(p.read_text()[-2000:] for p in ws["dir"].glob(f"sweep-{array}_*.out"))
+    for member in ("fp32", "mixed"):
+        assert (ws["dir"] / "runs" / "precision" / member / "generator.pt").is_file(), logs
+    check_expectation(ws, command, submitted)
 
 
 def test_quickstart_install_is_satisfied():
