@@ -22,10 +22,10 @@ import yaml
 
 from dcgan.checkpoint import atomic_write
 from dcgan.config import _Yaml12Loader, flatten
+from evaluation.during_training import LOWER_IS_BETTER
 
 # Settings that differ between members without being part of the experiment.
 NOT_SETTINGS = {"name", "train.run_dir", "train.out_dir", "train.resume"}
-LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform"}
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 
 
@@ -128,7 +128,8 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
              f"Made by `python -m experiments.report {folder}` from the runs' TensorBoard events, config.yaml and "
              f"sample grids. Quality: **{runs[0].metric}** of the EMA generator "
              f"({runs[0].settings.get('eval.num_samples')} samples vs MNIST {runs[0].settings.get('eval.reference')}, "
-             f"every {runs[0].settings.get('eval.every_epochs')} epoch(s)); img/s is the median over log windows.", "",
+             f"every {runs[0].settings.get('eval.every_epochs')} epoch(s)); img/s is the median over log windows; peak MiB is "
+             f"the process's resident memory on a CPU, CUDA allocations on a GPU.", "",
              *member_table(runs, keys), ""]
     groups = seed_groups(runs)
     if any(len(g) > 1 for g in groups.values()):
@@ -146,7 +147,7 @@ def member_table(runs: list[MemberRun], keys: list[str]) -> list[str]:
     head = ["run", *keys, f"best {metric}", f"final {metric}", "classes", "img/s", "peak MiB", "train s",
             "s to target", "finished"]
     rows = [[r.name, *(str(r.settings.get(k)) for k in keys), _fmt(r.best), _fmt(r.final), _fmt(r.classes_covered),
-             _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 0), _fmt(r.seconds_to_target, 0),
+             _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0),
              "yes" if r.finished else "no"] for r in runs]
     return _markdown(head, rows)
 
@@ -221,7 +222,8 @@ def _plot_panel(ax, runs: list[MemberRun], tag: str, x_axis: str) -> None:
         steps, values = run.curves.get(tag, ([], []))
         if x_axis == "seconds":
             seconds = dict(zip(*run.curves.get("time/train_seconds", ([], []))))
-            steps, values = zip(*[(seconds[s], v) for s, v in zip(steps, values) if s in seconds]) or ([], [])
+            pairs = [(seconds[s], v) for s, v in zip(steps, values) if s in seconds]
+            steps, values = [x for x, _ in pairs], [v for _, v in pairs]
         ax.plot(steps, values, marker="o" if tag.startswith("eval/") else None, markersize=3, label=run.name)
     ax.grid(alpha=0.3)
 

@@ -82,7 +82,7 @@ class SweepRunner:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             pending = list(members)
-            while pending or self.running:
+            while (pending and not self.stop_signal) or self.running:
                 for slot in range(len(self.slots)):
                     if slot not in self.running and pending and not self.stop_signal:
                         self._start(slot, pending.pop(0))
