@@ -23,6 +23,7 @@ from dcgan.checkpoint import atomic_save
 from dcgan.config import load_config
 from dcgan.models import models_for
 from dcgan.plan import use_cpu
+from dcgan.noise import grid_labels
 from dcgan.reporting import RunLog, sample_grids
 
 
@@ -54,19 +55,20 @@ def main() -> None:
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         optimizer.step()
-    noise = torch.randn(cfg.train.num_samples, cfg.model.nz, device=device)
+    labels, per_row = grid_labels(cfg.train.num_samples, cfg.model.conditional, device)
+    noise = torch.randn(len(labels), cfg.model.nz, device=device)
     real = torch.rand(cfg.train.num_samples, 1, cfg.data.image_size, cfg.data.image_size, device=device) * 2 - 1
 
     in_loop = RunLog(accelerator, folder, background=False)  # how grids were written before the background thread
     log = RunLog(accelerator, folder)
-    grids = sample_grids(G, ema, noise, real)
+    grids = sample_grids(G, ema, noise, labels, real, per_row)
     state = {"generator": G.state_dict(), "discriminator": D.state_dict(), "ema": ema.state_dict(),
              "opt_g": optimizers[0].state_dict(), "opt_d": optimizers[1].state_dict()}
     checkpoint = folder / "ckpt.pt"
 
     step = iter(range(10**6))
     rows = {
-        "sample grids (G and EMA forward, to the CPU)": lambda: sample_grids(G, ema, noise, real),
+        "sample grids (G and EMA forward, to the CPU)": lambda: sample_grids(G, ema, noise, labels, real, per_row),
         "grid writes (PNG + TensorBoard), in the loop's thread before": lambda: in_loop.image_grids(grids, next(step)),
         "grid hand-over to the background writer (what the loop waits now)": lambda: log.image_grids(grids, next(step)),
         "checkpoint (models, EMA, optimizers; written and fsynced)": lambda: atomic_save(state, checkpoint),

@@ -66,6 +66,7 @@ class Ours:
         self.device, self.batch, self.nz = self.accelerator.device, cfg.train.batch_size, cfg.model.nz
         size = cfg.data.image_size
         self.images = torch.rand(self.batch * 8, 1, size, size, device=self.device) * 2 - 1
+        self.labels = torch.randint(0, 10, (self.batch * 8,), device=self.device)
         self.noise = torch.Generator(device=self.device).manual_seed(0)
         self.i = 0
 
@@ -73,7 +74,7 @@ class Ours:
         for _ in range(steps):
             index = torch.randint(0, len(self.images), (self.batch,), device=self.device)
             z = torch.randn(self.batch, self.nz, generator=self.noise, device=self.device)
-            stats = self.step(self.images[index], z)
+            stats = self.step(self.images[index], self.labels[index], z)
         stats.values.sum().item()  # the trainer syncs with the host only at its log interval
 
 

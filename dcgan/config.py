@@ -44,6 +44,7 @@ class ModelConfig:
     g_extra_layers: int = 0       # stride-1 conv + BN + ReLU layers before G's output layer (DCGAN's n_extra_layers)
     d_extra_layers: int = 0       # the same in D, after its input layer, at the image's half resolution
     sync_bn: bool = True          # synchronize BatchNorm statistics across processes (world size > 1)
+    conditional: bool = False     # G draws the digit it is given, D judges image and digit (projection D)
 
 
 @dataclass
@@ -275,6 +276,9 @@ def validate(cfg: Config) -> None:
     trackers = cfg.train.trackers.split(",")
     _need(set(trackers) <= set(TRACKERS) and "tensorboard" in trackers,
           f"train.trackers='{cfg.train.trackers}': use tensorboard or tensorboard,wandb (TensorBoard is always on)")
+    _need("class" not in cfg.eval.metrics.replace(" ", "").split(",") or cfg.model.conditional,
+          f"eval.metrics={cfg.eval.metrics}: 'class' measures a conditional model: set model.conditional=true "
+          f"or leave 'class' out")
     _need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
     _need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
 

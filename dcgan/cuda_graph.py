@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import torch
 
-Step = Callable[[torch.Tensor, torch.Tensor], Any]  # returns tensors (dcgan.step.StepStats)
+Step = Callable[..., Any]  # tensors in (real, labels, z), tensors out (dcgan.step.StepStats)
 
 
 class GraphedStep:
-    """`step(real, z) -> StepStats`, run eagerly for the first `warmup_steps` calls and as a CUDA graph after.
+    """`step(*inputs) -> StepStats`, run eagerly for the first `warmup_steps` calls and as a CUDA graph after.
 
     Every call is exactly one training step on its own arguments: the warm-up steps are real steps, and the
     call that captures the graph (capture records kernels without running them) then replays it once.
@@ -32,22 +32,22 @@ class GraphedStep:
         self.step, self.warmup_steps = step, warmup_steps
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.inputs: tuple[torch.Tensor, torch.Tensor] = ()
+        self.inputs: tuple[torch.Tensor, ...] = ()
         self.output = None
 
-    def __call__(self, real: torch.Tensor, z: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor):
         if self.graph is None:
             if self.eager_steps < self.warmup_steps:
                 self.eager_steps += 1
-                return self.step(real, z)
-            self.capture(real, z)
-        for static, new in zip(self.inputs, (real, z)):
+                return self.step(*inputs)
+            self.capture(*inputs)
+        for static, new in zip(self.inputs, inputs):
             static.copy_(new)
         self.graph.replay()
         return self.output
 
-    def capture(self, real: torch.Tensor, z: torch.Tensor) -> None:
-        self.inputs = (real.clone(), z.clone())
+    def capture(self, *inputs: torch.Tensor) -> None:
+        self.inputs = tuple(x.clone() for x in inputs)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = self.step(*self.inputs)

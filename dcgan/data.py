@@ -6,6 +6,7 @@ scaled to [-1, 1]; after that a training step is one indexing operation, with no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,11 @@ def load_mnist_uint8(root: str | Path, train: bool = True, download: bool = Fals
         raise DataError(f"MNIST files in {raw} could not be read ({exc}); replace them with the original IDX files") from None
 
 
+def load_mnist_labels(root: str | Path, train: bool = True) -> torch.Tensor:
+    """(N,) int64 digit classes, in the order of load_mnist_uint8's images (call that first: it checks the files)."""
+    return MNIST(root=str(root), train=train, download=False).targets
+
+
 def to_training_images(digits: torch.Tensor, image_size: int, device: torch.device | str = "cpu",
                        chunk: int = 4096) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, S, S) in [-1, 1], resized (bilinear, antialiased) on `device`."""
@@ -68,19 +74,26 @@ def epoch_indices(num_images: int, global_batch: int, rank: int, world_size: int
     return perm.view(steps, world_size, local)[:, rank]
 
 
+class Digits(NamedTuple):
+    """Training images and their classes, on the training device."""
+    images: torch.Tensor   # (N, 1, S, S) in [-1, 1]
+    labels: torch.Tensor   # (N,) int64
+
+
 class ShardedBatches:
     """This process's batch of every step: step s is in epoch s // steps_per_epoch, and each epoch's shuffle
     (epoch_indices) is drawn once, when its first batch is asked for, so a resume mid-epoch sees the same images."""
 
-    def __init__(self, images: torch.Tensor, global_batch: int, rank: int, world_size: int, seed: int):
-        self.images, self.global_batch, self.rank, self.world_size, self.seed = images, global_batch, rank, world_size, seed
-        self.steps_per_epoch = steps_per_epoch(len(images), global_batch)
+    def __init__(self, digits: Digits, global_batch: int, rank: int, world_size: int, seed: int):
+        self.digits, self.global_batch, self.rank, self.world_size, self.seed = digits, global_batch, rank, world_size, seed
+        self.steps_per_epoch = steps_per_epoch(len(digits.images), global_batch)
         self.epoch, self.indices = -1, None
 
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int) -> Digits:
         epoch = step // self.steps_per_epoch
         if epoch != self.epoch:
-            self.indices = epoch_indices(len(self.images), self.global_batch, self.rank, self.world_size, self.seed,
-                                         epoch).to(self.images.device)
+            self.indices = epoch_indices(len(self.digits.images), self.global_batch, self.rank, self.world_size,
+                                         self.seed, epoch).to(self.digits.images.device)
             self.epoch = epoch
-        return self.images[self.indices[step % self.steps_per_epoch]]
+        index = self.indices[step % self.steps_per_epoch]
+        return Digits(self.digits.images[index], self.digits.labels[index])

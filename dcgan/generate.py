@@ -9,7 +9,9 @@
 EMA generator draws unless --no-ema. --seed fixes the noise; --truncation T redraws every noise value beyond +-T
 (the truncation trick: fewer, more typical digits). --interpolate K walks through 4 random points of the latent
 space and back, K frames between each two (spherical interpolation), every sample of the grid at once.
---progress animates a run's per-epoch fixed-noise grids (samples/samples_ema-*.png). Animations are GIFs (imageio).
+--progress animates a run's per-epoch fixed-noise grids (samples/samples_ema-*.png). Animations are GIFs or MP4s
+(imageio; MP4 through imageio-ffmpeg). --digit D draws only D with a conditional model; without it a conditional
+model's grid has one column per digit.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torchvision.utils import make_grid, save_image
 
 from .checkpoint import CheckpointError
 from .loading import load_generator, resolve_generator_path
+from .models import NUM_CLASSES, balanced_labels
 
 MAX_NUM = 4096          # samples per call: more is a mistake on the command line, not a use
 WALK_KEYFRAMES = 4
@@ -57,9 +60,16 @@ def walk_noise(num: int, nz: int, seed: int, frames_between: int, truncation: fl
             for k in range(WALK_KEYFRAMES) for i in range(frames_between)]
 
 
-def to_grid(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images -> one (3, H, W) grid in [0, 1], as the run's sample grids."""
-    nrow = max(1, int(len(images) ** 0.5))
+def digits_to_draw(num: int, digit: int | None, conditional: bool, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(labels, images per grid row): `digit` for every sample; else for a conditional model 0-9 in turn, one
+    column per digit; an unconditional model ignores labels (a square grid)."""
+    if digit is not None:
+        return torch.full((num,), digit, device=device), max(1, int(num ** 0.5))
+    return balanced_labels(num, device), (NUM_CLASSES if conditional else max(1, int(num ** 0.5)))
+
+
+def to_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """[-1, 1] images -> one (3, H, W) grid in [0, 1], `nrow` images per row, as the run's sample grids."""
     return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
 
 
@@ -68,24 +78,31 @@ def to_frame(grid: torch.Tensor) -> np.ndarray:
 
 
 def write_animation(frames: list[np.ndarray], out: Path, fps: float) -> None:
+    """A GIF (looping), or an H.264 MP4 (imageio's ffmpeg plugin) for the suffix .mp4."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(out, np.stack(frames), duration=1000 / fps, loop=0)
+    if out.suffix.lower() != ".mp4":
+        iio.imwrite(out, np.stack(frames), duration=1000 / fps, loop=0)
+        return
+    height, width = frames[0].shape[:2]  # H.264's yuv420p needs even sides: pad with the grids' white border
+    frames = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0)), constant_values=255) for f in frames]
+    iio.imwrite(out, np.stack(frames), plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
 
 
 @torch.no_grad()
 def draw(args) -> str:
     """The generator's part: a grid, single PNGs or a latent walk. Returns what was written."""
     G, config, _ = load_generator(resolve_generator_path(args.checkpoint), not args.no_ema, torch.device(args.device))
-    if args.digit is not None:
+    if args.digit is not None and not G.conditional:
         raise GenerateError("--digit: this generator is unconditional (its run has no model.conditional); "
                             "it draws random digits: leave --digit out")
     nz, device = config["model"]["nz"], torch.device(args.device)
+    labels, nrow = digits_to_draw(args.num, args.digit, G.conditional, device)
     if args.interpolate:
-        frames = [to_frame(to_grid(G(z.to(device))))
+        frames = [to_frame(to_grid(G(z.to(device), labels), nrow))
                   for z in walk_noise(args.num, nz, args.seed, args.interpolate, args.truncation)]
         write_animation(frames, Path(args.out), args.fps)
         return f"{args.out}: a latent walk of {len(frames)} frames, {args.num} samples each"
-    images = G(sample_noise(args.num, nz, args.seed, args.truncation).to(device))
+    images = G(sample_noise(args.num, nz, args.seed, args.truncation).to(device), labels)
     if args.out_dir:
         folder = Path(args.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +110,7 @@ def draw(args) -> str:
             save_image(image.float().cpu(), folder / f"sample-{i:05d}.png", normalize=True, value_range=(-1, 1))
         return f"{folder}: {args.num} PNGs"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image(to_grid(images), args.out)
+    save_image(to_grid(images, nrow), args.out)
     return f"{args.out}: a grid of {args.num} samples"
 
 
@@ -118,10 +135,11 @@ def check(args) -> None:
         raise GenerateError("--truncation and --interpolate take 0 (off) or a positive value, --fps a positive one")
     animated = bool(args.interpolate or args.progress)
     if args.out_dir and animated:
-        raise GenerateError("--out-dir writes single PNGs: an animation (--interpolate, --progress) needs --out FILE.gif")
+        raise GenerateError("--out-dir writes single PNGs: an animation (--interpolate, --progress) needs --out "
+                            "FILE.gif or FILE.mp4")
     if not args.out_dir and not args.out:
         raise GenerateError("say where to write: --out FILE (or --out-dir DIR for one PNG per sample)")
-    wanted = (".gif",) if animated else (".png", ".jpg", ".jpeg")
+    wanted = (".gif", ".mp4") if animated else (".png", ".jpg", ".jpeg")
     if args.out and Path(args.out).suffix.lower() not in wanted:
         raise GenerateError(f"--out {args.out}: {'an animation' if animated else 'a grid'} is written as "
                             f"{' or '.join(wanted)}")

@@ -16,7 +16,8 @@ def build_generator(config: dict, weights: dict, what: str, path: Path) -> Gener
     """A Generator of the architecture `config` (a run's config as a dict) describes, holding `weights`, in eval
     mode on the CPU; weights that do not fit are a one-line CheckpointError."""
     model = config["model"]
-    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0))
+    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0),
+                  conditional=model.get("conditional", False))
     load_state(G, weights, what, path)
     return G.eval()
 

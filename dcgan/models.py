@@ -32,13 +32,27 @@ def same_size_layers(width: int, count: int, activation: Callable[[], nn.Module]
     return layers
 
 
+NUM_CLASSES = 10  # MNIST's digits: what a conditional model is told to draw
+
+
+def balanced_labels(count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """0, 1, ..., 9, 0, 1, ...: the digits a conditional generator draws when it is not told which."""
+    return torch.arange(count, device=device) % NUM_CLASSES
+
+
 class Generator(nn.Module):
-    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1, extra_layers: int = 0):
+    """`conditional`: G(z, labels) draws the digits asked for; the label's embedding (nz values) is joined to z.
+    Without labels a conditional G draws balanced_labels, so code that only passes z gets every digit alike."""
+
+    def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1, extra_layers: int = 0,
+                 conditional: bool = False):
         super().__init__()
         base, levels = layout(image_size)
-        self.image_size, self.nz = image_size, nz
+        self.image_size, self.nz, self.conditional = image_size, nz, conditional
+        self.embed = nn.Embedding(NUM_CLASSES, nz) if conditional else None
         width = ngf * 2 ** (levels - 1)
-        layers = [nn.ConvTranspose2d(nz, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        inputs = 2 * nz if conditional else nz
+        layers = [nn.ConvTranspose2d(inputs, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(levels - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width // 2), nn.ReLU(True)]
@@ -47,15 +61,24 @@ class Generator(nn.Module):
         layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.view(z.shape[0], self.nz, 1, 1))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1] for latents z (N, nz); `labels` (N,) only matter to a conditional G."""
+        x = z.view(z.shape[0], self.nz, 1, 1)
+        if self.conditional:
+            labels = balanced_labels(len(z), z.device) if labels is None else labels
+            x = torch.cat([x, self.embed(labels).to(x.dtype).view_as(x)], dim=1)
+        return self.main(x)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1, extra_layers: int = 0):
+    """`conditional`: a projection discriminator (Miyato & Koyama 2018): the logit gains the inner product of the
+    label's embedding with D's last features (summed over positions), so D judges "a real image of this digit"."""
+
+    def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1, extra_layers: int = 0,
+                 conditional: bool = False):
         super().__init__()
         base, levels = layout(image_size)
-        self.image_size = image_size
+        self.image_size, self.conditional = image_size, conditional
         # No BatchNorm on the input layer (DCGAN paper, section 3).
         layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         layers += same_size_layers(ndf, extra_layers, partial(nn.LeakyReLU, 0.2, inplace=True))
@@ -66,14 +89,20 @@ class Discriminator(nn.Module):
             width *= 2
         layers += [nn.Conv2d(width, 1, base, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
+        self.embed = nn.Embedding(NUM_CLASSES, width) if conditional else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).flatten()  # one logit per image
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per image; a conditional D needs the images' `labels` (N,)."""
+        if not self.conditional:
+            return self.main(x).flatten()
+        features = self.main[:-1](x)
+        projection = (self.embed(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)
+        return self.main[-1](features).flatten() + projection
 
 
 def init_weights(module: nn.Module) -> None:
-    """DCGAN init: conv weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) and shift 0."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+    """DCGAN init: conv weights (and label embeddings) ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) and shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
         nn.init.normal_(module.weight, 1.0, 0.02)
@@ -81,9 +110,9 @@ def init_weights(module: nn.Module) -> None:
 
 
 def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0,
-                 d_extra: int = 0) -> tuple[Generator, Discriminator]:
-    generator = Generator(image_size, nz, ngf, extra_layers=g_extra)
-    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra)
+                 d_extra: int = 0, conditional: bool = False) -> tuple[Generator, Discriminator]:
+    generator = Generator(image_size, nz, ngf, extra_layers=g_extra, conditional=conditional)
+    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
     return generator, discriminator
@@ -92,7 +121,7 @@ def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0,
 def models_for(cfg) -> tuple[Generator, Discriminator]:
     """G and D as a dcgan.config.Config describes them."""
     m = cfg.model
-    return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers)
+    return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers, m.conditional)
 
 
 

@@ -6,6 +6,8 @@ import random
 
 import torch
 
+from .models import NUM_CLASSES, balanced_labels
+
 
 class LatentNoise:
     """z for each step. Every process draws the noise of the whole global batch from one generator and keeps its
@@ -42,3 +44,12 @@ def load_global_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def grid_labels(count: int, conditional: bool, device: torch.device | str) -> tuple[torch.Tensor, int]:
+    """(labels, images per row) of a sample grid: `count` images in a square grid, or for a conditional model one
+    row per digit 0-9, as many columns as `count` needs (count rounded up to a multiple of 10)."""
+    if not conditional:
+        return balanced_labels(count, device), max(1, int(count ** 0.5))
+    per_row = -(-count // NUM_CLASSES)
+    return torch.arange(NUM_CLASSES, device=device).repeat_interleave(per_row), per_row

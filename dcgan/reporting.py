@@ -105,14 +105,15 @@ def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_grids(generator, ema, fixed_noise: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Fixed-noise grids of G and of its EMA (eval mode: BN running statistics), and real | fake side by side."""
+def sample_grids(generator, ema, fixed_noise: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
+                 nrow: int) -> dict[str, torch.Tensor]:
+    """Fixed-noise grids of G and of its EMA (eval mode: BN running statistics), and real | fake side by side;
+    `labels`: the digits a conditional model draws (dcgan.noise.grid_labels), `nrow` images per row."""
     was_training = generator.training
     generator.eval()
-    fake = generator(fixed_noise)
-    fake_ema = ema(fixed_noise)
+    fake = generator(fixed_noise, labels)
+    fake_ema = ema(fixed_noise, labels)
     generator.train(was_training)
-    nrow = max(1, int(len(fixed_noise) ** 0.5))
     n = min(len(real), len(fake_ema))
     real_grid, fake_grid = _grid(real[:n], nrow), _grid(fake_ema[:n], nrow)
     gap = torch.ones(3, real_grid.shape[1], 8)

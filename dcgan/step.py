@@ -1,4 +1,5 @@
-"""The GAN training step as an object: networks, optimizers and loss bound once, then `step(real, z)` per batch.
+"""The GAN training step as an object: networks, optimizers and loss bound once, then `step(real, labels, z)` per
+batch.
 
 Accelerate wraps G and D in DistributedDataParallel when several processes train, and handles mixed precision;
 the step itself is plain PyTorch: one D update, then one G update. On one GPU the whole step is captured once as
@@ -42,7 +43,8 @@ class StepStats:
 
 
 class GANStep:
-    """`step(real, z) -> StepStats`: one D update on real images and detached fakes, then one G update."""
+    """`step(real, labels, z) -> StepStats`: one D update on real images and detached fakes, then one G update.
+    The fakes are drawn for the real batch's labels, which only conditional models use (dcgan/models.py)."""
 
     def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool):
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
@@ -50,33 +52,37 @@ class GANStep:
         self.loss = loss
         self.joint_batch = joint_batch  # loss.joint_batch: D's BatchNorm sees reals and fakes as one batch
 
-    def __call__(self, real: torch.Tensor, z: torch.Tensor) -> StepStats:
-        fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, z)
-        loss_g = self.generator_phase(real, fake)
+    def __call__(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> StepStats:
+        fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, labels, z)
+        loss_g = self.generator_phase(real, labels, fake)
         d_x = torch.sigmoid(real_logits.detach().float()).mean()
         d_g_z = torch.sigmoid(fake_logits.detach().float()).mean()
         return StepStats(torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z]))
 
-    def discriminator_phase(self, real: torch.Tensor, z: torch.Tensor):
+    def discriminator_phase(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor):
         """D learns to tell real images from detached fakes."""
         with self.accelerator.autocast():
-            fake = self.G(z)
+            fake = self.G(z, labels)
             if self.joint_batch:
-                real_logits, fake_logits = self.D(torch.cat([real, fake.detach()])).split(len(real))
+                both = torch.cat([labels, labels])
+                real_logits, fake_logits = self.D(torch.cat([real, fake.detach()]), both).split(len(real))
             else:
-                real_logits, fake_logits = self.D(real), self.D(fake.detach())
+                real_logits, fake_logits = self.D(real, labels), self.D(fake.detach(), labels)
             loss_d = self.loss.discriminator(real_logits, fake_logits)
         self.opt_d.zero_grad(set_to_none=True)
         self.accelerator.backward(loss_d)
         self.opt_d.step()
         return fake, real_logits, fake_logits, loss_d
 
-    def generator_phase(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def generator_phase(self, real: torch.Tensor, labels: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """G learns to make D call its fakes real. D is called unwrapped and frozen: no gradients for D's
         parameters and no DDP all-reduce of gradients nobody uses; G's DDP wrapper still averages G's gradients."""
         self.D_raw.requires_grad_(False)
         with self.accelerator.autocast():
-            logits = self.D_raw(torch.cat([real, fake]))[len(real):] if self.joint_batch else self.D_raw(fake)
+            if self.joint_batch:
+                logits = self.D_raw(torch.cat([real, fake]), torch.cat([labels, labels]))[len(real):]
+            else:
+                logits = self.D_raw(fake, labels)
             loss_g = self.loss.generator(logits)
         self.opt_g.zero_grad(set_to_none=True)
         self.accelerator.backward(loss_g)

@@ -17,10 +17,10 @@ from accelerate.utils import broadcast_object_list
 from . import checkpoint as ckpt
 from .clock import TrainingClock
 from .config import Config
-from .data import ShardedBatches
+from .data import Digits, ShardedBatches
 from .ema import EmaGenerator
 from .models import models_for
-from .noise import LatentNoise, fixed_noise, global_rng_state, load_global_rng_state
+from .noise import LatentNoise, fixed_noise, global_rng_state, grid_labels, load_global_rng_state
 from .plan import RunPlan
 from .preemption import StopRequest
 from .health import Health, sample_spread, spread
@@ -52,7 +52,7 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, plan: RunPlan, accelerator: Accelerator, run_dir: Path, images: torch.Tensor,
+    def __init__(self, cfg: Config, plan: RunPlan, accelerator: Accelerator, run_dir: Path, data: Digits,
                  evaluator: Evaluator | None = None, lock: RunDirLock | None = None):
         self.cfg, self.plan, self.accelerator, self.run_dir = cfg, plan, accelerator, Path(run_dir)
         self.evaluator, self.lock = evaluator, lock  # lock: the run dir's, released when the run ends
@@ -63,13 +63,15 @@ class Trainer:
         self.ema = EmaGenerator(G, cfg.train.ema_decay, fixed_noise(8 * plan.local_batch, nz, seed + 2, device),
                                 plan.local_batch)
         self.ema.module.to(device)
-        self.sample_noise = fixed_noise(cfg.train.num_samples, nz, seed + 1, device)
+        # A conditional model's grid has one row per digit: num_samples rounded up to 10 rows.
+        self.sample_labels, self.grid_row = grid_labels(cfg.train.num_samples, cfg.model.conditional, device)
+        self.sample_noise = fixed_noise(len(self.sample_labels), nz, seed + 1, device)
         self.gan = build_gan_step(cfg, accelerator, G, D, plan.cuda_graphs)
         self.step_fn = graphed(self.gan, plan.cuda_graphs)
         self.G, self.D = accelerator.unwrap_model(self.gan.G), self.gan.D_raw
         self.noise = LatentNoise(nz, cfg.train.batch_size, plan.rank, plan.local_batch, seed, device)
-        self.batches = ShardedBatches(images, cfg.train.batch_size, plan.rank, plan.world_size, seed)
-        self.real_samples = images[: cfg.train.num_samples]
+        self.batches = ShardedBatches(data, cfg.train.batch_size, plan.rank, plan.world_size, seed)
+        self.real_samples = data.images[: cfg.train.num_samples]
         self.real_spread = spread(self.real_samples)  # what the fixed-noise samples' spread is judged against
         self.clock = TrainingClock(device)
         self.log = RunLog(accelerator, run_dir)
@@ -122,7 +124,8 @@ class Trainer:
         self.window_start = (self.step, self.clock.seconds())
         early_stop, stopping = "", False
         while self.step < plan.total_steps and not early_stop and not stopping:
-            stats = self.step_fn(self.batches.batch(self.step), self.noise.next())
+            real, labels = self.batches.batch(self.step)
+            stats = self.step_fn(real, labels, self.noise.next())
             self.ema.update(self.G, self.step)
             self.step += 1
             self.count(stats)
@@ -175,8 +178,8 @@ class Trainer:
         """Sample grids, an evaluation when due, and the health verdict of the epoch that ended. Returns why
         training should stop early ('' = go on)."""
         epoch = (self.step - 1) // self.plan.steps_per_epoch
-        self.log.image_grids(sample_grids(self.G, self.ema.calibrated(self.step), self.sample_noise,
-                                          self.real_samples), step=self.step)
+        self.log.image_grids(sample_grids(self.G, self.ema.calibrated(self.step), self.sample_noise, self.sample_labels,
+                                          self.real_samples, self.grid_row), step=self.step)
         stop, values = "", {}
         if evaluate and self.evaluator and self.evaluator.due(epoch):
             with self.clock.paused():

@@ -23,7 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from . import checkpoint as ckpt
 from . import rundir
 from .config import Config
-from .data import load_mnist_uint8, to_training_images
+from .data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
 from .plan import plan_run, resolve_precision, use_cpu
 from .rundir import RunDirLock
 from .trainer import Evaluator, Trainer, TrainResult
@@ -38,6 +38,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None) -> TrainResult:
     state = PartialState(cpu=cpu)  # starts the process group (gloo on CPU, NCCL on GPUs)
     with state.main_process_first():  # a download, if any, happens once
         digits = load_mnist_uint8(cfg.data.root, train=True, download=cfg.data.download)
+        labels = load_mnist_labels(cfg.data.root, train=True)
     plan = plan_run(cfg, state.num_processes, state.process_index, len(digits), cuda=not cpu)
 
     # 2. where the run lives, and where it continues from
@@ -50,10 +51,10 @@ def train(cfg: Config, evaluator: Evaluator | None = None) -> TrainResult:
         ckpt.atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     accelerator.init_trackers("tensorboard", config=cfg.flat())
     set_seed(cfg.train.seed)
-    images = to_training_images(digits, cfg.data.image_size, accelerator.device)
+    data = Digits(to_training_images(digits, cfg.data.image_size, accelerator.device), labels.to(accelerator.device))
 
     # 4. train
-    trainer = Trainer(cfg, plan, accelerator, run_dir, images, evaluator, home.lock)
+    trainer = Trainer(cfg, plan, accelerator, run_dir, data, evaluator, home.lock)
     for note in home.notes:
         trainer.log.info(note)
     if home.resume_from is not None:

@@ -22,7 +22,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from dcgan.checkpoint import CheckpointError, read_weights
-from dcgan.data import DataError, load_mnist_uint8
+from dcgan.data import DataError, load_mnist_labels, load_mnist_uint8
 
 from .common import EvaluationError, cache_dir
 
@@ -140,12 +140,9 @@ def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor,
 def train_classifier(root: str | Path, epochs: int = 3, batch_size: int = 128, seed: int = 0,
                      log=print) -> tuple[MnistClassifier, float]:
     """Train on MNIST train (small random shifts), return (model, test accuracy)."""
-    from torchvision.datasets import MNIST
     torch.manual_seed(seed)
-    train_x = load_mnist_uint8(root, train=True)
-    train_y = MNIST(str(root), train=True).targets
-    test_x = load_mnist_uint8(root, train=False)
-    test_y = MNIST(str(root), train=False).targets
+    train_x, train_y = load_mnist_uint8(root, train=True), load_mnist_labels(root, train=True)
+    test_x, test_y = load_mnist_uint8(root, train=False), load_mnist_labels(root, train=False)
     # channels_last: oneDNN's convolutions (forward and backward) run ~15% faster on a CPU in this layout.
     model = MnistClassifier().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

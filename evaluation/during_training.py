@@ -14,10 +14,10 @@ import torch
 
 from .classifier import find_weights
 from .common import EvaluationError, cache_dir
-from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images, reported_values
+from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images, real_labels, reported_values
 
 # Metrics where a smaller value is better; for every other one, larger is better.
-LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform"}
+LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform", "clf_fid_per_class"}
 
 
 @dataclass
@@ -50,6 +50,7 @@ class PeriodicEvaluator:
                 raise EvaluationError(f"eval.metrics needs the MNIST classifier: {exc}") from None
         count, split = self.settings["num_samples"], self.settings["reference"]
         self.reference = real_images(data_root, split, image_size, count)
+        self.reference_labels = real_labels(data_root, split, count) if "class" in self.metrics else None
         self.reference_name = f"mnist-{split}-{image_size}px-{count}"
         self.best = math.nan
         self.evaluations_since_best = 0
@@ -70,7 +71,8 @@ class PeriodicEvaluator:
         s = self.settings
         rows = measure(generator, self.nz, self.reference, self.reference_name, self.metrics, s["num_samples"],
                        s["inception_weights"] or None, s["classifier_weights"] or None,
-                       next(generator.parameters()).device, batch_size=200, seed=0, cache_root=cache_dir() / "fidelity")
+                       next(generator.parameters()).device, batch_size=200, seed=0, cache_root=cache_dir() / "fidelity",
+                       reference_labels=self.reference_labels)
         return {r.metric: r.value for r in rows if r.value is not None}
 
     def record(self, values: dict[str, float]) -> bool:

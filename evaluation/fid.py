@@ -27,7 +27,7 @@ from dcgan.data import DataError
 from dcgan.loading import load_generator, resolve_generator_path
 
 from .common import EvaluationError, cache_dir
-from .metrics import ALL_METRICS, Result, measure, real_images
+from .metrics import ALL_METRICS, Result, measure, real_images, real_labels
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -57,10 +57,13 @@ def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.devi
     common = dict(metrics=metrics, num_samples=args.num_samples, inception_weights=args.inception_weights,
                   classifier_weights=args.classifier_weights, device=device, batch_size=args.batch_size,
                   seed=args.seed, cache_root=Path(args.cache_dir))
-    rows = measure(G, nz, reference, reference_name, **common)
+    labels = real_labels(root, args.reference, args.num_samples) if "class" in metrics else None
+    rows = measure(G, nz, reference, reference_name, **common, reference_labels=labels)
     if args.reference_floor:
-        # Held-out real digits: the other split, so no image is compared with itself.
+        # Held-out real digits: the other split, so no image is compared with itself. (No floor for `class`:
+        # real digits are not drawn for a requested class.)
         other = "train" if args.reference == "test" else "test"
+        common["metrics"] = [m for m in metrics if m != "class"]
         floor = measure(real_images(root, other, size, args.num_samples), nz, reference, reference_name, **common)
         for row in floor:
             row.metric = f"floor_{row.metric}"

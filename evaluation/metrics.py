@@ -1,8 +1,10 @@
 """Metrics of a generator against real MNIST, through torch-fidelity.
 
 Standard metrics (Inception features): fid, kid, isc, prc. MNIST-domain metrics (our classifier's features,
-evaluation/classifier.py): clf_fid, clf_kid, clf_isc, and coverage (classes covered, KL of the predicted-class
-histogram to uniform, share of confident predictions). Real images are processed exactly as in training:
+evaluation/classifier.py): clf_fid, clf_kid, clf_isc, coverage (classes covered, KL of the predicted-class
+histogram to uniform, share of confident predictions), and for conditional generators `class`: the share of samples
+the classifier assigns to the digit asked for, and the mean over digits of each digit's clf_fid against the real
+images of that digit. Real images are processed exactly as in training:
 resized once to the training resolution, then uint8 and grey tiled to 3 channels, like generated ones.
 """
 from __future__ import annotations
@@ -18,16 +20,18 @@ from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from dcgan.checkpoint import CheckpointError, read_weights
-from dcgan.data import load_mnist_uint8, to_training_images
+from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
+from dcgan.models import NUM_CLASSES, balanced_labels
 
 from .classifier import find_weights, load_classifier, prepare, register_extractor, sha256_prefix
 from .common import EvaluationError
 
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
-CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage")
+CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage", "class")
 ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS
 # The values a requested metric reports, where they are not named like the metric itself.
-REPORTED_VALUES = {"coverage": ("classes_covered", "kl_to_uniform", "confident_share"), "prc": ("precision", "recall")}
+REPORTED_VALUES = {"coverage": ("classes_covered", "kl_to_uniform", "confident_share"), "prc": ("precision", "recall"),
+                   "class": ("class_accuracy", "clf_fid_per_class")}
 CONFIDENT = 0.9  # max softmax probability for a "confidently classified" sample
 
 
@@ -98,12 +102,20 @@ def real_images(root: str | Path, split: str, image_size: int, count: int, offse
     return to_uint8_rgb(to_training_images(digits[offset:offset + count], image_size))
 
 
+def real_labels(root: str | Path, split: str, count: int, offset: int = 0) -> torch.Tensor:
+    """The digit classes of real_images(root, split, ..., count, offset)."""
+    return load_mnist_labels(root, train=split == "train")[offset:offset + count]
+
+
 @torch.no_grad()
 def generate(generator: torch.nn.Module, nz: int, count: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """`count` samples as uint8 RGB; a conditional generator is asked for balanced_labels(count) (0-9 in turn)."""
     device = next(generator.parameters()).device
     generator.eval()
     rng = torch.Generator().manual_seed(seed)
-    chunks = [to_uint8_rgb(generator(torch.randn(min(batch_size, count - i), nz, generator=rng).to(device))).cpu()
+    labels = balanced_labels(count, device)
+    chunks = [to_uint8_rgb(generator(torch.randn(min(batch_size, count - i), nz, generator=rng).to(device),
+                                     labels[i:i + batch_size])).cpu()
               for i in range(0, count, batch_size)]
     return torch.cat(chunks)
 
@@ -199,8 +211,9 @@ def coverage(logits: torch.Tensor) -> dict:
 
 def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_name: str, metrics: list[str],
                        weights_path: str | None, device: torch.device, batch_size: int, seed: int,
-                       cache_root: Path) -> list[Result]:
-    """MNIST-domain metrics on generated uint8 images `fake` (kept in memory: 10k at 64 px is 120 MB)."""
+                       cache_root: Path, reference_labels: torch.Tensor | None = None) -> list[Result]:
+    """MNIST-domain metrics on generated uint8 images `fake` (kept in memory: 10k at 64 px is 120 MB). `class`
+    takes `fake` as drawn for balanced_labels and needs the reference's labels."""
     wanted = [m for m in metrics if m in CLASSIFIER_METRICS]
     if not wanted:
         return []
@@ -214,12 +227,12 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
                         {m: True for m in fidelity}, len(fake), seed, device, batch_size, cache_root,
                         feature_extractor=register_extractor(), feature_extractor_weights_path=str(path))
         rows += _rows(raw, {f"clf_{m}": m for m in fidelity}, len(fake), reference_name, weights, time.time() - start)
+    if "class" in wanted:
+        rows += class_metrics(fake, reference, reference_labels, reference_name, path, device, batch_size, seed,
+                              cache_root)
     if "coverage" in wanted:
         start = time.time()
-        model = load_classifier(path, device)
-        with torch.no_grad():
-            logits = torch.cat([model(prepare(fake[i:i + 1000].to(device)))[1].cpu() for i in range(0, len(fake), 1000)])
-        stats = coverage(logits)
+        stats = coverage(classify(fake, path, device))
         seconds = time.time() - start
         histogram = " ".join(f"{v:.2f}" for v in stats["histogram"])
         for name in REPORTED_VALUES["coverage"]:
@@ -228,15 +241,51 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
     return rows
 
 
+@torch.no_grad()
+def classify(images: torch.Tensor, weights: Path, device: torch.device) -> torch.Tensor:
+    """The classifier's logits (N, 10) for uint8 RGB images."""
+    model = load_classifier(weights, device)
+    return torch.cat([model(prepare(images[i:i + 1000].to(device)))[1].cpu() for i in range(0, len(images), 1000)])
+
+
+def class_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor | None,
+                  reference_name: str, weights: Path, device: torch.device, batch_size: int, seed: int,
+                  cache_root: Path) -> list[Result]:
+    """A conditional generator's: class_accuracy (samples classified as the digit asked for) and clf_fid_per_class
+    (each digit's samples against the reference's images of that digit, clf_fid averaged over the digits)."""
+    if reference_labels is None:
+        raise EvaluationError("metric 'class' needs the reference's labels (evaluation passes them; see measure)")
+    start = time.time()
+    asked = balanced_labels(len(fake))
+    accuracy = (classify(fake, weights, device).argmax(1) == asked).float().mean().item()
+    per_class = []
+    for digit in range(NUM_CLASSES):
+        real = reference[reference_labels == digit]
+        raw = _fidelity(ImageTensors(fake[asked == digit]), real, f"{reference_name}-digit{digit}-clf{sha256_prefix(weights)}",
+                        {"fid": True}, int((asked == digit).sum()), seed, device, batch_size, cache_root,
+                        feature_extractor=register_extractor(), feature_extractor_weights_path=str(weights))
+        per_class.append(float(raw["frechet_inception_distance"]))
+    seconds = time.time() - start
+    shown = " ".join(f"{v:.1f}" for v in per_class)
+    return [Result("class_accuracy", accuracy, len(fake), reference_name, weights.name, seconds),
+            Result("clf_fid_per_class", sum(per_class) / len(per_class), len(fake), reference_name, weights.name,
+                   seconds, f"clf_fid of digits 0-9: {shown}")]
+
+
 def measure(source, nz: int, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
             inception_weights: str | None, classifier_weights: str | None, device: torch.device, batch_size: int,
-            seed: int, cache_root: Path) -> list[Result]:
-    """Every requested metric for `source`: a Generator (sampled with `seed`) or uint8 real images (a floor)."""
+            seed: int, cache_root: Path, reference_labels: torch.Tensor | None = None) -> list[Result]:
+    """Every requested metric for `source`: a Generator (sampled with `seed`) or uint8 real images (a floor).
+    `class` needs a conditional generator and `reference_labels` (real_labels)."""
     is_generator = isinstance(source, torch.nn.Module)
+    if "class" in metrics and not (is_generator and getattr(source, "conditional", False)):
+        raise EvaluationError("metric 'class' measures a conditional generator (model.conditional=true); "
+                              "this one draws random digits: leave 'class' out")
     common = dict(device=device, batch_size=batch_size, seed=seed, cache_root=cache_root)
     rows = inception_metrics(FidelityGenerator(source, nz) if is_generator else source, reference, reference_name,
                              metrics, num_samples, inception_weights, **common)
     if any(m in CLASSIFIER_METRICS for m in metrics):
         images = generate(source, nz, num_samples, seed) if is_generator else source
-        rows += classifier_metrics(images, reference, reference_name, metrics, classifier_weights, **common)
+        rows += classifier_metrics(images, reference, reference_name, metrics, classifier_weights, **common,
+                                   reference_labels=reference_labels)
     return rows

@@ -97,7 +97,7 @@ def test_truncation_and_slerp():
     (["--checkpoint", "{run}", "--num", "0", "--out", "g.png"], "--num 0: draw 1 to 4096"),
     (["--checkpoint", "{run}", "--num", "100000", "--out", "g.png"], "--num 100000"),
     (["--checkpoint", "{run}", "--out", "g.txt"], "a grid is written as .png"),
-    (["--checkpoint", "{run}", "--interpolate", "4", "--out", "w.png"], "an animation is written as .gif"),
+    (["--checkpoint", "{run}", "--interpolate", "4", "--out", "w.png"], "an animation is written as .gif or .mp4"),
     (["--checkpoint", "{run}"], "say where to write"),
     (["--progress", "{tmp}", "--out", "{tmp}/p.gif"], "has no samples/samples_ema-*.png"),
 ])
@@ -106,3 +106,12 @@ def test_mistakes_are_one_line(run, tmp_path, args, says, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert captured.out == "" and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+
+
+def test_latent_walk_as_mp4(run, tmp_path):
+    import imageio.v3 as iio
+    assert "a latent walk of 8 frames" in ok("--checkpoint", run, "--num", 9, "--interpolate", 2, "--out", tmp_path / "walk.mp4")
+    frames = iio.imread(tmp_path / "walk.mp4", plugin="FFMPEG")
+    assert frames.shape[0] == 8 and frames.shape[1:3] == (3 * 30 + 2, 3 * 30 + 2)   # even sides already
+    ok("--progress", run, "--out", tmp_path / "progress.mp4")
+    assert iio.imread(tmp_path / "progress.mp4", plugin="FFMPEG").shape[0] == 3

@@ -78,7 +78,8 @@ def test_cuda_graph_steps_train_like_eager_steps():
         data = torch.Generator(device="cuda").manual_seed(1)
         for _ in range(10):
             real = torch.rand(32, 1, 64, 64, device="cuda", generator=data) * 2 - 1
-            stats = step(real, torch.randn(32, 100, device="cuda", generator=data))
+            labels = torch.randint(0, 10, (32,), device="cuda", generator=data)
+            stats = step(real, labels, torch.randn(32, 100, device="cuda", generator=data))
         runs[graphs] = (weights(G, D), stats.values.clone(), accelerator.scaler.get_scale())
     moved = (runs[False][0] - start).abs().max().item()
     gap = (runs[True][0] - runs[False][0]).abs().max().item()

@@ -21,6 +21,8 @@ from dcgan.config import ConfigError
 from dcgan.health import MIN_SPREAD_RATIO, Health
 from dcgan.step import StepStats
 
+LABELS = torch.arange(8) % 10   # a batch's digits for the GAN step (unconditional models ignore them)
+
 
 @pytest.fixture(scope="module")
 def short_run(mnist_root, tmp_path_factory):
@@ -172,7 +174,7 @@ def test_joint_batch_makes_d_judge_reals_beside_the_fakes(joint):
     d_x = []
     for noise_seed in (1, 2):
         step = tiny_gan_step([f"loss.joint_batch={joint}"])
-        stats = step(real, torch.randn(8, 16, generator=torch.Generator().manual_seed(noise_seed)))
+        stats = step(real, LABELS, torch.randn(8, 16, generator=torch.Generator().manual_seed(noise_seed)))
         assert torch.isfinite(stats.values).all()
         d_x.append(stats.values[StepStats.NAMES.index("D_x")].item())
     assert (d_x[0] != d_x[1]) == joint, d_x
@@ -202,7 +204,7 @@ def test_one_step_updates_d_then_g_and_names_its_stats():
         fake_before = G(z)  # the fakes D trains on (BatchNorm in training mode, as in the step)
         real_logits, fake_logits = D(real), D(fake_before)
     expected_loss_d = step.loss.discriminator(real_logits, fake_logits)
-    stats = step(real, z)
+    stats = step(real, LABELS, z)
     named = stats.mean(step.accelerator, count=1)
     assert list(named) == ["loss_D", "loss_G", "D_x", "D_G_z"]
     assert named["loss_D"] == pytest.approx(expected_loss_d.item(), rel=1e-5)
@@ -225,7 +227,7 @@ def test_hinge_loss_values_and_a_hinge_step():
     assert loss.generator(fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.0) / 3)
     assert loss.real_target == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item()) == 1 - loss.fake_target
     step = tiny_gan_step(["loss.name=hinge"])
-    stats = step(torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 16))
+    stats = step(torch.rand(8, 1, 28, 28) * 2 - 1, LABELS, torch.randn(8, 16))
     assert isinstance(step.loss, Hinge) and torch.isfinite(stats.values).all()
 
 
@@ -234,22 +236,22 @@ def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     trainers take the same next step."""
     from accelerate import Accelerator
     from dcgan.config import load_config
-    from dcgan.data import load_mnist_uint8, to_training_images
+    from dcgan.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
     from dcgan.plan import plan_run
     from dcgan.trainer import Trainer
 
     cfg = load_config(None, TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}"])
-    images = to_training_images(load_mnist_uint8(mnist_root), 28)
-    plan = plan_run(cfg, world_size=1, rank=0, num_images=len(images), cuda=False)
+    data = Digits(to_training_images(load_mnist_uint8(mnist_root), 28), load_mnist_labels(mnist_root))
+    plan = plan_run(cfg, world_size=1, rank=0, num_images=len(data.images), cuda=False)
 
     def trainer(name: str) -> Trainer:
         (tmp_path / name).mkdir()
         torch.manual_seed(0)
-        return Trainer(cfg, plan, Accelerator(cpu=True), tmp_path / name, images)
+        return Trainer(cfg, plan, Accelerator(cpu=True), tmp_path / name, data)
 
     first = trainer("first")
     for _ in range(3):
-        first.step_fn(first.batches.batch(first.step), first.noise.next())
+        first.step_fn(*first.batches.batch(first.step), first.noise.next())
         first.ema.update(first.G, first.step)
         first.step += 1
     buffer = io.BytesIO()  # through bytes, as a checkpoint file goes: nothing shared with `first`, and data only
@@ -261,7 +263,7 @@ def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     assert again["step"] == 3 and again["epoch"] == 0 and again["config"] == saved["config"]
     assert_same_state(saved, again)
     for t in (first, second):
-        t.step_fn(t.batches.batch(t.step), t.noise.next())
+        t.step_fn(*t.batches.batch(t.step), t.noise.next())
     assert all(torch.equal(a, b) for a, b in zip(first.G.parameters(), second.G.parameters()))
     first.log.close()
     second.log.close()
