@@ -27,11 +27,13 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
             number += 1
 
 
-def latest_run_with_checkpoint(out_dir: Path) -> Path | None:
+def latest_run_with_checkpoint(out_dir: Path, name: str) -> Path | None:
+    """The newest out_dir/NNN-<name> holding a checkpoint: runs of other configs there are not this run's."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return None
-    runs = sorted((int(m.group(1)), p) for p in out_dir.iterdir() if (m := _RUN.match(p.name)) and list_checkpoints(p))
+    runs = sorted((int(m.group(1)), p) for p in out_dir.iterdir()
+                  if (m := _RUN.match(p.name)) and p.name[m.end():] == name and list_checkpoints(p))
     return runs[-1][1] if runs else None
 
 
@@ -39,8 +41,9 @@ def resolve(out_dir: str, run_dir: str, name: str, resume: str) -> tuple[Path, P
     """(run directory, checkpoint to resume from or None). Creates the run directory if needed.
 
     resume=''       -> a new numbered run dir (or exactly train.run_dir)
-    resume=latest   -> newest checkpoint of train.run_dir, else of the newest run in out_dir; none yet is a
-                       fresh start, so a requeued job that never reached its first checkpoint simply starts
+    resume=latest   -> newest checkpoint of train.run_dir, else of the newest run of this config (NNN-<name>) in
+                       out_dir; none yet is a fresh start, so a requeued job that never reached its first
+                       checkpoint simply starts
     resume=<file>   -> that checkpoint, continuing in its own run dir
     """
     if resume and resume != "latest":
@@ -56,7 +59,7 @@ def resolve(out_dir: str, run_dir: str, name: str, resume: str) -> tuple[Path, P
         target = Path(run_dir)
         target.mkdir(parents=True, exist_ok=True)
     elif resume == "latest":
-        target = latest_run_with_checkpoint(Path(out_dir)) or new_run_dir(Path(out_dir), name)
+        target = latest_run_with_checkpoint(Path(out_dir), name) or new_run_dir(Path(out_dir), name)
     else:
         target = new_run_dir(Path(out_dir), name)
     checkpoints = list_checkpoints(target) if resume == "latest" else []

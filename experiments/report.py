@@ -43,6 +43,7 @@ class MemberRun:
     best: float | None = None
     final: float | None = None
     classes_covered: float | None = None
+    class_accuracy: float | None = None  # conditional models: samples that are the digit asked for
     img_per_s: float | None = None       # median over the run's log windows
     peak_memory_mib: float | None = None
     train_seconds: float | None = None
@@ -61,6 +62,7 @@ def read_member(run_dir: Path, target: float | None) -> MemberRun:
         run.best = min(quality) if metric in LOWER_IS_BETTER else max(quality)
         run.final = quality[-1]
     run.classes_covered = _last(curves.get("eval/classes_covered"))
+    run.class_accuracy = _last(curves.get("eval/class_accuracy"))
     rates = curves.get("perf/img_per_s", ([], []))[1]
     run.img_per_s = statistics.median(rates) if rates else None
     memory = curves.get("perf/peak_memory_mib", ([], []))[1]
@@ -144,11 +146,12 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
 
 def member_table(runs: list[MemberRun], keys: list[str]) -> list[str]:
     metric = runs[0].metric
-    head = ["run", *keys, f"best {metric}", f"final {metric}", "classes", "img/s", "peak MiB", "train s",
-            "s to target", "finished"]
+    accuracy = any(r.class_accuracy is not None for r in runs)  # a column only where a conditional model is
+    head = ["run", *keys, f"best {metric}", f"final {metric}", "classes", *(["class accuracy"] if accuracy else []),
+            "img/s", "peak MiB", "train s", "s to target", "finished"]
     rows = [[r.name, *(str(r.settings.get(k)) for k in keys), _fmt(r.best), _fmt(r.final), _fmt(r.classes_covered),
-             _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0),
-             "yes" if r.finished else "no"] for r in runs]
+             *([_fmt(r.class_accuracy)] if accuracy else []), _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0),
+             _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0), "yes" if r.finished else "no"] for r in runs]
     return _markdown(head, rows)
 
 

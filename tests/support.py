@@ -3,6 +3,7 @@ comparisons several test modules make. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
 import time
@@ -57,6 +58,13 @@ def make_mnist(root: Path, n_train: int = 512, n_test: int = 128) -> Path:
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for servers and rendezvous the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def subprocess_env() -> dict:

@@ -111,11 +111,14 @@ def test_a_member_made_with_other_settings_is_one_line(sweep, capsys):
     assert "was made with other settings (train.epochs 2 there, 3 here)" in message
 
 
+EPOCHS = 16  # of 16 tiny steps: seconds of training, time enough to stop it after its first checkpoint
+
+
 def test_an_interrupted_member_resumes(tmp_path, mnist_root, tiny_classifier):
     """SIGTERM to the runner and its member (a terminal's Ctrl-C, a kill): the member writes a checkpoint and
     stops, nothing else starts; the same command again resumes it and finishes the sweep."""
-    path = tiny_sweep(tmp_path, tiny_classifier, [{"name": "long"}, {"name": "next"}], epochs=40,
-                      evaluation={"every_epochs": 20, "metrics": "clf_fid", "num_samples": 64,
+    path = tiny_sweep(tmp_path, tiny_classifier, [{"name": "long"}, {"name": "next"}], epochs=EPOCHS,
+                      evaluation={"every_epochs": EPOCHS, "metrics": "clf_fid", "num_samples": 64,
                                   "classifier_weights": str(tiny_classifier)})
     args = [f"data.root={mnist_root}", f"train.out_dir={tmp_path / 'runs'}"]
     folder = tmp_path / "runs" / "tiny"
@@ -131,12 +134,12 @@ def test_an_interrupted_member_resumes(tmp_path, mnist_root, tiny_classifier):
     assert "run the same command to resume" in output
     assert not (folder / "long" / "generator.pt").exists() and not (folder / "next").exists()
     stopped = load_ckpt(folder / "long")["step"]
-    assert stopped < 40 * 16
+    assert stopped < EPOCHS * 16
 
     result = run_sweep(path, *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resumed from {folder / 'long'}/checkpoints/ckpt-{stopped:08d}.pt" in (folder / "long" / "train.log").read_text()
-    assert load_ckpt(folder / "long")["step"] == 40 * 16 and (folder / "next" / "generator.pt").is_file()
+    assert load_ckpt(folder / "long")["step"] == EPOCHS * 16 and (folder / "next" / "generator.pt").is_file()
     assert all(row["finished"] for row in json.loads((folder / "report.json").read_text()))
 
 
@@ -179,10 +182,10 @@ def test_bad_command_line_is_one_line(capsys, args, expected, monkeypatch):
 def test_shipped_studies_list_their_members(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     counts = {}
-    for study in ("baseline", "architecture", "hyperparameters", "precision"):
+    for study in ("baseline", "architecture", "hyperparameters", "precision", "conditional"):
         assert run_cli.main([f"configs/experiments/{study}.yaml", "--list"]) == 0
         counts[study] = len(capsys.readouterr().out.splitlines())
-    assert counts == {"baseline": 3, "architecture": 4, "hyperparameters": 16, "precision": 2}
+    assert counts == {"baseline": 3, "architecture": 4, "hyperparameters": 16, "precision": 2, "conditional": 2}
 
 
 def test_report_reads_runs_made_without_the_runner(tmp_path, mnist_root, capsys):

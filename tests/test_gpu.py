@@ -16,9 +16,11 @@ def finite(state: dict) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_fp16_training_with_loss_scaling(mnist_root, tmp_path):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fp16_training_with_loss_scaling(mnist_root, tmp_path, conditional):
+    """A whole run in fp16 with CUDA graphs, unconditional and conditional."""
     run_train(ON_GPU + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=2",
-                        "train.mixed_precision=fp16"])
+                        "train.mixed_precision=fp16", f"model.conditional={conditional}"])
     run_dir = only_run_dir(tmp_path)
     log = (run_dir / "train.log").read_text()
     assert "1 process(es) on cuda" in log and "CUDA graphs True" in log
@@ -50,10 +52,11 @@ def test_cuda_syncbatchnorm_two_processes_match_one(tmp_path):
     check_synced_batchnorm("cuda", "SyncBatchNorm", tmp_path)
 
 
-def test_cuda_graph_steps_train_like_eager_steps():
+@pytest.mark.parametrize("conditional", [False, True])
+def test_cuda_graph_steps_train_like_eager_steps(conditional):
     """The captured step does what the eager step does: same start, same inputs -> same weights after 10 steps
     (3 eager warm-up steps, then the capture, then replays). A graph that replayed stale inputs or skipped the
-    optimizer would miss by about as much as the weights moved."""
+    optimizer would miss by about as much as the weights moved. Conditional: the labels are graph inputs too."""
     from accelerate import Accelerator
     from dcgan.config import load_config
     from dcgan.cuda_graph import GraphedStep
@@ -66,10 +69,11 @@ def test_cuda_graph_steps_train_like_eager_steps():
     runs = {}
     for graphs in (False, True):
         cfg = load_config("configs/mnist64.yaml", ["model.ngf=16", "model.ndf=16", "train.batch_size=32",
-                                                   "train.mixed_precision=fp16", f"train.cuda_graphs={graphs}"])
+                                                   "train.mixed_precision=fp16", f"train.cuda_graphs={graphs}",
+                                                   f"model.conditional={conditional}"])
         accelerator = Accelerator(mixed_precision="fp16")
         torch.manual_seed(0)
-        G, D = build_models(64, 100, 16, 16)
+        G, D = build_models(64, 100, 16, 16, conditional=conditional)
         gan = build_gan_step(cfg, accelerator, G, D, cuda_graphs=graphs)
         G, D = gan.G, gan.D
         start = weights(G, D)

@@ -6,6 +6,7 @@ one row of COMMANDS; a README command without a row, or a row whose command left
 - run:   for real (SLURM forms on the local SLURM cluster, skipped where it cannot start);
 - parse: GPU-only forms: the launcher's own parser takes its part (accelerate's parser; torchrun.sh runs), and
          train_ddp.py runs its part with --dry-run: the command parses, the config resolves, nothing trains;
+- serve: the web page's server: started, asked for a page and a grid, stopped;
 - ci:    the test command itself, which .ci/run runs verbatim.
 """
 from __future__ import annotations
@@ -13,16 +14,16 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support import ROOT, SHARED, TINY, subprocess_env, wait_job
+from support import ROOT, SHARED, TINY, free_port, subprocess_env, wait_job
 
 INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
 TINY_RUN = TINY[:-1] + ["train.max_steps=2"]       # the TINY model, 2 steps, auto precision left to the config
@@ -78,6 +79,12 @@ COMMANDS = [
             [], "walk.gif: a latent walk of 96 frames"),
     Command("python -m dcgan.generate --progress runs/000-mnist64 --out progress.gif", "run", [],
             "progress.gif: 1 frame(s), one per epoch of runs/000-mnist64"),
+    Command("python train_ddp.py --config configs/mnist32_cond.yaml", "run", TINY_RUN, "done: 2 steps"),
+    Command("python -m dcgan.generate --checkpoint runs/000-mnist32_cond --digit 7 --num 16 --out sevens.png", "run",
+            [], "sevens.png: a grid of 16 samples"),
+    Command("python -m dcgan.generate --checkpoint runs/000-mnist32_cond --num 20 --interpolate 24 --out walk.mp4",
+            "run", [], "walk.mp4: a latent walk of 96 frames"),
+    Command("python -m dcgan.serve --checkpoint runs/000-mnist32_cond", "serve", [], '"conditional":true'),
     Command("python -m evaluation.classifier --data-root data", "run", ["--epochs", "1", "--min-accuracy", "0"],
             "saved"),
     Command("python -m evaluation.fid --checkpoint runs/000-mnist64", "run", ["--metrics", "clf_fid", *EVAL],
@@ -152,19 +159,17 @@ def workspace(tmp_path_factory, mnist_root):
     return {"dir": ws, "env": env, "jobs": {}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def shell(ws: dict, line: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", line], cwd=ws["dir"], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def prepare(ws: dict, command: Command) -> None:
-    """What a command's placeholders name: checkpoints under the README's file names."""
+    """What a command's placeholders name: checkpoints under the README's file names, and the conditional run
+    under the name it gets in a fresh checkout (here, runs/ holds earlier commands' runs)."""
+    conditional = ws["dir"] / "runs" / "000-mnist32_cond"
+    if "runs/000-mnist32_cond" in command.text and not conditional.exists():
+        conditional.symlink_to(sorted((ws["dir"] / "runs").glob("*-mnist32_cond"))[-1].name)
     trained = ws["dir"] / "runs" / "000-mnist64" / "checkpoints"
     for name in ("runs/000-mnist64/checkpoints/ckpt-00004000.pt", "runs/003-mnist64/checkpoints/ckpt-00002000.pt"):
         if name in command.text and not (ws["dir"] / name).exists():
@@ -194,6 +199,8 @@ def test_readme_command(command: Command, workspace, request):
     line = line_for(command, workspace)
     if command.how == "parse":
         return parse_only(workspace, line, env, command)
+    if command.how == "serve":
+        return serve(workspace, line, env, command)
     if command.text.startswith("NNODES=2"):
         return two_nodes(workspace, line, env, command)
     if command.text.startswith("sbatch slurm/sweep.sbatch"):
@@ -226,6 +233,27 @@ def parse_only(ws: dict, line: str, env: dict, command: Command) -> None:
     assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
     check_expectation(ws, command, result)
     assert "run dir" not in result.stdout + result.stderr      # parsed and resolved, never trained
+
+
+def serve(ws: dict, line: str, env: dict, command: Command) -> None:
+    """The web page's server, started as written (on a free port), asked for /info and a grid of 7s, stopped."""
+    import urllib.request
+    port, info = free_port(), ""
+    server = subprocess.Popen(["bash", "-c", f"exec {line} --port {port}"], cwd=ws["dir"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(300):
+            try:
+                info = urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=2).read().decode()
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                time.sleep(0.2)
+        grid = urllib.request.urlopen(f"http://127.0.0.1:{port}/grid.png?digit=7&count=4", timeout=60).read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert command.expect in info.replace(" ", "") and grid.startswith(b"\x89PNG"), info
 
 
 def two_nodes(ws: dict, line: str, env: dict, command: Command) -> None:

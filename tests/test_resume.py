@@ -72,6 +72,11 @@ def test_resolve_rules(tmp_path):
         atomic_save({"step": step}, first / "checkpoints" / f"ckpt-{step:08d}.pt")
     target, resume = rundir.resolve(str(out), "", "exp", "latest")
     assert target == first and resume.name == "ckpt-00000010.pt"
+    # a newer run of another config is not this config's latest
+    other, _ = rundir.resolve(str(out), "", "other", "")
+    atomic_save({"step": 1}, other / "checkpoints" / "ckpt-00000001.pt")
+    assert rundir.resolve(str(out), "", "exp", "latest") == (first, resume)
+    assert rundir.resolve(str(out), "", "other", "latest")[0] == other
     pinned, resume = rundir.resolve(str(out), str(tmp_path / "pinned"), "exp", "latest")
     assert pinned == tmp_path / "pinned" and resume is None
     with pytest.raises(CheckpointError):

@@ -317,25 +317,27 @@ def test_fp16_without_gpu_is_a_one_line_error(mnist_root, tmp_path):
     assert "fp16 needs a CUDA GPU" in one_line_error(result)
 
 
-def test_bad_checkpoints_are_one_line_errors(short_run, mnist_root, tmp_path):
-    run_dir = short_run[0]
-    base = TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}"]
-    assert "no such file" in one_line_error(run_train(base + [f"train.resume={tmp_path}/none.pt"], check=False))
+def test_bad_checkpoints_are_one_line_errors(short_run, mnist_root, tmp_path, capsys):
+    """Through train_ddp.main in this process (the command's own process is tested with a config error)."""
+    from train_ddp import main
 
+    def error(*overrides: str) -> str:
+        status = main(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", *overrides])
+        return one_line_error(subprocess.CompletedProcess(overrides, status, "", capsys.readouterr().err))
+
+    run_dir = short_run[0]
+    assert "no such file" in error(f"train.resume={tmp_path}/none.pt")
     corrupt = tmp_path / "checkpoints" / "ckpt-00000001.pt"
     corrupt.parent.mkdir()
     corrupt.write_bytes((run_dir / "checkpoints" / "ckpt-00000032.pt").read_bytes()[:5000])  # truncated
-    assert "unreadable or truncated" in one_line_error(run_train(base + [f"train.resume={corrupt}"], check=False))
-
-    wider = run_train(base + ["model.ngf=16", f"train.resume={run_dir}/checkpoints/ckpt-00000032.pt"], check=False)
-    assert "model.ngf=8" in one_line_error(wider)
-
+    assert "unreadable or truncated" in error(f"train.resume={corrupt}")
+    assert "model.ngf=8" in error("model.ngf=16", f"train.resume={run_dir}/checkpoints/ckpt-00000032.pt")
     # A checkpoint outside a run dir would start a new numbered run dir: a bad one must not leave it behind.
     loose = tmp_path / "loose.pt"
     loose.write_bytes(corrupt.read_bytes())
-    assert "unreadable or truncated" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
+    assert "unreadable or truncated" in error(f"train.resume={loose}")
     torch.save([1, 2], loose)
-    assert "holds a list" in one_line_error(run_train(base + [f"train.resume={loose}"], check=False))
+    assert "holds a list" in error(f"train.resume={loose}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "loose.pt"]
 
 
