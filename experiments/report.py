@@ -10,6 +10,7 @@ works on runs made without the sweep runner too. report.json holds the table's v
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
@@ -138,8 +139,8 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
         lines += ["## Over seeds (mean ± sd)", "", *group_table(groups), ""]
     lines += [f"![{title}]({name})\n" for title, name in plots]
     atomic_write(folder / "report.md", "\n".join(lines).encode())
-    table = [{k: v for k, v in asdict(r).items() if k not in ("curves", "settings")} | {"settings": {k: r.settings.get(k) for k in keys}}
-             for r in runs]
+    table = [{k: v for k, v in asdict(r).items() if k not in ("curves", "settings", "grid")}
+             | {"settings": {k: r.settings.get(k) for k in keys}} for r in runs]
     atomic_write(folder / "report.json", json.dumps(table, indent=1).encode())
     return folder / "report.md"
 
@@ -247,7 +248,6 @@ def _sample_grids(folder: Path, runs: list[MemberRun], plt) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    import io
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     atomic_write(path, buffer.getbuffer())

@@ -117,7 +117,8 @@ EPOCHS = 16  # of 16 tiny steps: seconds of training, time enough to stop it aft
 def test_an_interrupted_member_resumes(tmp_path, mnist_root, tiny_classifier):
     """SIGTERM to the runner and its member (a terminal's Ctrl-C, a kill): the member writes a checkpoint and
     stops, nothing else starts; the same command again resumes it and finishes the sweep."""
-    path = tiny_sweep(tmp_path, tiny_classifier, [{"name": "long"}, {"name": "next"}], epochs=EPOCHS,
+    path = tiny_sweep(tmp_path, tiny_classifier, [{"name": "long"}, {"name": "next", "overrides": {"train.epochs": 1}}],
+                      epochs=EPOCHS,
                       evaluation={"every_epochs": EPOCHS, "metrics": "clf_fid", "num_samples": 64,
                                   "classifier_weights": str(tiny_classifier)})
     args = [f"data.root={mnist_root}", f"train.out_dir={tmp_path / 'runs'}"]

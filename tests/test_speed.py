@@ -36,6 +36,7 @@ def test_rmsprop_and_extra_layers_train_and_checkpoints_name_them(mnist_root, tm
     assert resumed.returncode == 2 and "set optim.name=rmsprop to resume it" in resumed.stderr
 
 
+@pytest.mark.slow  # torch.compile compiles for seconds before its first step: outside the ~10-minute suite
 def test_compiled_models_keep_plain_checkpoint_keys(mnist_root, tmp_path):
     run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=2", "train.compile=true"])
     run_dir = only_run_dir(tmp_path)
@@ -112,6 +113,7 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow  # a benchmark tool's run, not the training path: outside the ~10-minute suite
 def test_grid_table_has_a_row_per_cell_and_says_why_a_cell_failed():
     out = bench("bench.speed", "--grid", "--precisions", "fp32,fp16", "--batch-sizes", "16", "--grid-options",
                 "plain", "--cpu", "--seconds", "0.2", "--rounds", "1", "--warmup", "1").stdout.splitlines()
@@ -121,6 +123,7 @@ def test_grid_table_has_a_row_per_cell_and_says_why_a_cell_failed():
     assert out[2].split()[:4] == ["fp16", "16", "plain", "failed"] and "fp16 needs a CUDA GPU" in out[2]
 
 
+@pytest.mark.slow  # a benchmark tool's run, not the training path: outside the ~10-minute suite
 def test_profile_throughput_and_epoch_end_scripts_run():
     profile = bench("bench.profile_step", "--cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1").stdout
     assert re.search(r"per step: wall \d+\.\d+ ms; \d+ img/s", profile) and "convolution" in profile
