@@ -166,7 +166,7 @@ def load_for_resume(path: Path, config_flat: dict) -> dict:
 # Keys that must agree between a checkpoint and the config resuming it: they fix tensor shapes or the
 # order in which images are seen, so changing them would not be a continuation.
 MUST_MATCH = ("data.image_size", "model.nz", "model.ngf", "model.ndf", "model.g_extra_layers", "model.d_extra_layers",
-              "model.conditional",
+              "model.conditional", "model.d_conditioning", "model.d_norm", "model.spectral_norm",
               "optim.name", "train.batch_size", "train.seed")
 
 

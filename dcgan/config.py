@@ -14,9 +14,11 @@ from pathlib import Path
 import yaml
 
 from .losses import LOSSES
+from .models import D_CONDITIONINGS, D_NORMS
 
 IMAGE_SIZES = (28, 32, 64)
 OPTIMIZERS = ("adam", "rmsprop")
+LR_DECAYS = ("none", "linear")
 TRACKERS = ("tensorboard", "wandb")
 # auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/setup.py
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -44,7 +46,10 @@ class ModelConfig:
     g_extra_layers: int = 0       # stride-1 conv + BN + ReLU layers before G's output layer (DCGAN's n_extra_layers)
     d_extra_layers: int = 0       # the same in D, after its input layer, at the image's half resolution
     sync_bn: bool = True          # synchronize BatchNorm statistics across processes (world size > 1)
-    conditional: bool = False     # G draws the digit it is given, D judges image and digit (projection D)
+    conditional: bool = False     # G draws the digit it is given, D judges image and digit
+    d_conditioning: str = "projection"  # projection | input: how a conditional D is told the digit (dcgan/models.py)
+    d_norm: str = "batch"         # batch | none: BatchNorm in D's hidden layers (none for gradient penalties)
+    spectral_norm: bool = False   # spectral normalization on D's convolutions
 
 
 @dataclass
@@ -56,6 +61,7 @@ class OptimConfig:
     beta2: float = 0.999          # Adam
     alpha: float = 0.99           # RMSprop: smoothing of the squared-gradient average
     momentum: float = 0.0         # RMSprop
+    lr_decay: str = "none"        # none | linear: both learning rates fall linearly to 0 over the run's steps
     fused: bool = True            # fused Adam kernels (CPU and CUDA); RMSprop has none: its multi-tensor kernels
 
 
@@ -68,6 +74,9 @@ class LossConfig:
     # D sees each step's real and fake images as one batch: its BatchNorm statistics then span both, so a shift
     # that every fake shares (a grey background) stays visible; separate batches normalize it away (BENCHMARKS.md)
     joint_batch: bool = False
+    gp_weight: float = 10.0       # loss.name=wgan: weight of the gradient penalty on real/fake mixtures (WGAN-GP)
+    r1_gamma: float = 0.0         # > 0: R1 penalty, gamma/2 * |grad D(x)|^2 on real images (any loss)
+    r1_every: int = 16            # lazy R1: every N steps, weighted N times (StyleGAN2)
 
 
 @dataclass
@@ -83,6 +92,7 @@ class TrainConfig:
     compile_mode: str = "default" # default | max-autotune-no-cudagraphs
     cuda_graphs: bool = True      # one CUDA process: capture the whole step once, replay it (one launch per step)
     ema_decay: float = 0.999      # EMA of the generator's weights (samples and exported generator)
+    ema_start: int = 0            # steps during which the EMA copies G (decay 0) before it starts averaging
     log_every: int = 50           # steps between scalar logs (the only host syncs in the loop)
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at each epoch end)
     keep_last: int = 3            # checkpoints kept in <run_dir>/checkpoints
@@ -218,6 +228,17 @@ _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:t
                                     list("tTfF"))
 
 
+def read_yaml(path: str | Path):
+    """A YAML file read as the configs are (YAML 1.2 booleans): sweep files, a run's config.yaml."""
+    return yaml.load(Path(path).read_text(), Loader=_Yaml12Loader)
+
+
+def recorded_settings(path: str | Path) -> dict:
+    """A run's config.yaml as flat settings ({'train.epochs': 3, ...}). A key the run predates takes its default:
+    options are added with defaults that keep the earlier behaviour, so that is what the run did."""
+    return {**Config().flat(), **flatten(read_yaml(path) or {})}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- overrides, then validate."""
     cfg = Config()
@@ -226,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
         try:
-            values = yaml.load(path.read_text(), Loader=_Yaml12Loader) or {}
+            values = read_yaml(path) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -258,12 +279,14 @@ def validate(cfg: Config) -> None:
     _need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
     _need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
     for key, allowed, hint in (("train.mixed_precision", PRECISIONS, ""), ("loss.name", LOSSES, ""),
-                               ("optim.name", OPTIMIZERS, ""),
+                               ("optim.name", OPTIMIZERS, ""), ("model.d_conditioning", D_CONDITIONINGS, ""),
+                               ("model.d_norm", D_NORMS, ""), ("optim.lr_decay", LR_DECAYS, ""),
                                ("train.compile_mode", COMPILE_MODES, " (CUDA graphs: train.cuda_graphs=true)")):
         _need(_get(cfg, key) in allowed, f"{key}='{_get(cfg, key)}' is not one of {', '.join(allowed)}{hint}")
     for key in ("optim.lr_g", "optim.lr_d"):
         _need(_get(cfg, key) > 0, f"{key}={_get(cfg, key)} must be positive")
-    for key in ("model.g_extra_layers", "model.d_extra_layers", "optim.momentum"):
+    for key in ("model.g_extra_layers", "model.d_extra_layers", "optim.momentum", "loss.gp_weight", "loss.r1_gamma",
+                "train.ema_start"):
         _need(_get(cfg, key) >= 0, f"{key}={_get(cfg, key)} must be 0 or positive")
     for key in ("optim.beta1", "optim.beta2", "optim.alpha", "train.ema_decay"):
         _need(0 <= _get(cfg, key) < 1, f"{key}={_get(cfg, key)} must be in [0, 1)")
@@ -279,6 +302,12 @@ def validate(cfg: Config) -> None:
     _need("class" not in cfg.eval.metrics.replace(" ", "").split(",") or cfg.model.conditional,
           f"eval.metrics={cfg.eval.metrics}: 'class' measures a conditional model: set model.conditional=true "
           f"or leave 'class' out")
+    _need(cfg.loss.r1_every >= 1, f"loss.r1_every={cfg.loss.r1_every} must be a positive integer")
+    penalty = ("loss.name=wgan" if cfg.loss.name == "wgan" and cfg.loss.gp_weight
+               else f"loss.r1_gamma={cfg.loss.r1_gamma:g}" if cfg.loss.r1_gamma else "")
+    _need(not penalty or cfg.model.d_norm == "none",
+          f"{penalty} penalizes each image's gradient, which D's BatchNorm mixes across the batch: "
+          f"set model.d_norm=none")
     _need(cfg.eval.num_samples >= 2, f"eval.num_samples={cfg.eval.num_samples} must be at least 2")
     _need(cfg.eval.reference in ("test", "train"), f"eval.reference='{cfg.eval.reference}' is not one of test, train")
 

@@ -42,15 +42,20 @@ def calibrate_batchnorm(ema: nn.Module, noise: torch.Tensor, batch_size: int) ->
 class EmaGenerator:
     """The EMA generator as the trainer holds it: updated after every step, its BatchNorm statistics calibrated
     from fixed noise (its own generator, so calibrating never moves the training's random stream) at most once per
-    step, when samples, an evaluation, a checkpoint or the export need it."""
+    step, when samples, an evaluation, a checkpoint or the export need it. Until step `start` it copies G: an
+    average over the first, fast-changing steps would only lag behind G."""
 
-    def __init__(self, generator: nn.Module, decay: float, calibration_noise: torch.Tensor, batch_size: int):
+    def __init__(self, generator: nn.Module, decay: float, calibration_noise: torch.Tensor, batch_size: int,
+                 start: int = 0):
         self.module = make_ema(generator)  # plain BatchNorm: only ever used in eval mode
-        self.decay, self.noise, self.batch_size = decay, calibration_noise, batch_size
+        self.decay, self.noise, self.batch_size, self.start = decay, calibration_noise, batch_size, start
         self.calibrated_at = -1
 
     def update(self, generator: nn.Module, step: int) -> None:
-        update_ema(self.module, generator, self.decay, step)
+        if step < self.start:
+            update_ema(self.module, generator, 0.0, step)
+        else:
+            update_ema(self.module, generator, self.decay, step - self.start)
 
     def calibrated(self, step: int) -> nn.Module:
         if self.calibrated_at != step:

@@ -11,7 +11,9 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 
 def layout(image_size: int) -> tuple[int, int]:
@@ -23,12 +25,13 @@ def layout(image_size: int) -> tuple[int, int]:
     return base, levels
 
 
-def same_size_layers(width: int, count: int, activation: Callable[[], nn.Module]) -> list[nn.Module]:
+def same_size_layers(width: int, count: int, activation: Callable[[], nn.Module],
+                     normalization: Callable[[int], nn.Module] = nn.BatchNorm2d) -> list[nn.Module]:
     """`count` stride-1 3x3 conv + BatchNorm + activation layers that keep the width and resolution: "deeper"
     without another resolution level (n_extra_layers of the original DCGAN code)."""
     layers = []
     for _ in range(count):
-        layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), activation()]
+        layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), normalization(width), activation()]
     return layers
 
 
@@ -70,31 +73,47 @@ class Generator(nn.Module):
         return self.main(x)
 
 
+D_CONDITIONINGS = ("projection", "input")  # model.d_conditioning: how a conditional D is told the digit
+D_NORMS = ("batch", "none")                 # model.d_norm: BatchNorm in D's hidden layers, or no normalization
+
+
 class Discriminator(nn.Module):
-    """`conditional`: a projection discriminator (Miyato & Koyama 2018): the logit gains the inner product of the
-    label's embedding with D's last features (summed over positions), so D judges "a real image of this digit"."""
+    """`conditional`: D judges "a real image of this digit". `conditioning` says how it is told the digit:
+    - projection (Miyato & Koyama 2018): the logit gains the inner product of the label's embedding with D's last
+      features (summed over positions);
+    - input: ten one-hot class maps joined to the image's channels (the cGAN of Mirza & Osindero 2014, as DCGAN
+      code usually does it).
+    `norm`: batch (DCGAN) or none: gradient penalties (dcgan/losses.py) are per image, which BatchNorm's
+    mixing of the batch would make meaningless."""
 
     def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1, extra_layers: int = 0,
-                 conditional: bool = False):
+                 conditional: bool = False, conditioning: str = "projection", norm: str = "batch"):
         super().__init__()
         base, levels = layout(image_size)
         self.image_size, self.conditional = image_size, conditional
+        self.class_maps = conditional and conditioning == "input"
+        inputs = nc + NUM_CLASSES if self.class_maps else nc
+        normalization = nn.BatchNorm2d if norm == "batch" else nn.Identity
         # No BatchNorm on the input layer (DCGAN paper, section 3).
-        layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        layers += same_size_layers(ndf, extra_layers, partial(nn.LeakyReLU, 0.2, inplace=True))
+        layers = [nn.Conv2d(inputs, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        layers += same_size_layers(ndf, extra_layers, partial(nn.LeakyReLU, 0.2, inplace=True), normalization)
         width = ndf
         for _ in range(levels - 1):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+                       normalization(width * 2), nn.LeakyReLU(0.2, inplace=True)]
             width *= 2
         layers += [nn.Conv2d(width, 1, base, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
-        self.embed = nn.Embedding(NUM_CLASSES, width) if conditional else None
+        projection = conditional and not self.class_maps
+        self.embed = nn.Embedding(NUM_CLASSES, width) if projection else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """One logit per image; a conditional D needs the images' `labels` (N,)."""
         if not self.conditional:
             return self.main(x).flatten()
+        if self.class_maps:
+            maps = F.one_hot(labels, NUM_CLASSES).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            return self.main(torch.cat([x, maps], dim=1)).flatten()
         features = self.main[:-1](x)
         projection = (self.embed(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)
         return self.main[-1](features).flatten() + projection
@@ -109,20 +128,32 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0,
-                 d_extra: int = 0, conditional: bool = False) -> tuple[Generator, Discriminator]:
+def with_spectral_norm(discriminator: nn.Module) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) on every convolution of D: each layer's largest singular
+    value is held at 1 (one power iteration per training forward), which bounds how sharply D can change.
+    Applied after init_weights, which writes the weights it then normalizes."""
+    for module in discriminator.modules():
+        if isinstance(module, nn.Conv2d):
+            spectral_norm(module)
+    return discriminator
+
+
+def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0, d_extra: int = 0,
+                 conditional: bool = False, **d_options) -> tuple[Generator, Discriminator]:
+    """G and D, initialized. d_options: conditioning, norm (Discriminator) and spectral_norm (bool)."""
+    sn = d_options.pop("spectral_norm", False)
     generator = Generator(image_size, nz, ngf, extra_layers=g_extra, conditional=conditional)
-    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional)
+    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional, **d_options)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    return generator, discriminator
+    return generator, with_spectral_norm(discriminator) if sn else discriminator
 
 
 def models_for(cfg) -> tuple[Generator, Discriminator]:
     """G and D as a dcgan.config.Config describes them."""
     m = cfg.model
-    return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers, m.conditional)
-
+    return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers, m.conditional,
+                        conditioning=m.d_conditioning, norm=m.d_norm, spectral_norm=m.spectral_norm)
 
 
 class ConvFlopCounter:

@@ -55,6 +55,12 @@ def check_cuda_options(cfg: Config, graphs: bool) -> None:
     if graphs and cfg.train.mixed_precision == "fp16" and not (cfg.optim.fused and cfg.optim.name == "adam"):
         raise ConfigError("train.cuda_graphs with fp16 needs fused Adam (optim.name=adam, optim.fused=true: an unfused "
                           "loss-scaler step reads the GPU, which a graph cannot), or set train.cuda_graphs=false")
+    if graphs and cfg.loss.r1_gamma and cfg.loss.r1_every > 1:
+        raise ConfigError(f"loss.r1_every={cfg.loss.r1_every} runs R1 on some steps only, which one captured CUDA graph "
+                          f"cannot: set loss.r1_every=1 or train.cuda_graphs=false")
+    if graphs and cfg.optim.lr_decay != "none":
+        raise ConfigError(f"optim.lr_decay={cfg.optim.lr_decay} sets the learning rate every step, which one captured "
+                          f"CUDA graph cannot: set train.cuda_graphs=false or optim.lr_decay=none")
     if cfg.train.compile and cfg.train.channels_last:
         # Inductor predicts contiguous ConvTranspose weight gradients where cuDNN returns channels_last ones and
         # fails its stride check in the first backward (pytorch/pytorch#171622; seen with torch 2.11 on an H100).

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import Config, OptimConfig
 from .cuda_graph import GraphedStep
-from .losses import build_loss
+from .losses import build_loss, build_penalties
 from .sync_batchnorm import convert_sync_batchnorm
 
 
@@ -44,19 +44,25 @@ class StepStats:
 
 class GANStep:
     """`step(real, labels, z) -> StepStats`: one D update on real images and detached fakes, then one G update.
-    The fakes are drawn for the real batch's labels, which only conditional models use (dcgan/models.py)."""
+    The fakes are drawn for the real batch's labels, which only conditional models use (dcgan/models.py).
+    `steps` counts the steps taken (the trainer sets it on resume): lazy penalties are due on some steps only."""
 
-    def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool):
+    def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool, penalties=(),
+                 lr_schedule: LinearDecay | None = None):
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.D_raw = accelerator.unwrap_model(D)
-        self.loss = loss
+        self.loss, self.penalties, self.lr_schedule = loss, list(penalties), lr_schedule
         self.joint_batch = joint_batch  # loss.joint_batch: D's BatchNorm sees reals and fakes as one batch
+        self.steps = 0
 
     def __call__(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> StepStats:
+        if self.lr_schedule:
+            self.lr_schedule(self.steps)
         fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, labels, z)
         loss_g = self.generator_phase(real, labels, fake)
         d_x = torch.sigmoid(real_logits.detach().float()).mean()
         d_g_z = torch.sigmoid(fake_logits.detach().float()).mean()
+        self.steps += 1
         return StepStats(torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z]))
 
     def discriminator_phase(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor):
@@ -68,11 +74,20 @@ class GANStep:
                 real_logits, fake_logits = self.D(torch.cat([real, fake.detach()]), both).split(len(real))
             else:
                 real_logits, fake_logits = self.D(real, labels), self.D(fake.detach(), labels)
-            loss_d = self.loss.discriminator(real_logits, fake_logits)
+            loss_d = self.loss.discriminator(real_logits, fake_logits) + self.penalty(real, fake, labels)
         self.opt_d.zero_grad(set_to_none=True)
         self.accelerator.backward(loss_d)
         self.opt_d.step()
         return fake, real_logits, fake_logits, loss_d
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The gradient penalties due this step (dcgan/losses.py), on the unwrapped D: DDP cannot differentiate
+        twice, and D's parameters are the same tensors, so DDP still averages their whole gradient."""
+        total = torch.zeros((), device=real.device)
+        for penalty in self.penalties:
+            if penalty.due(self.steps):
+                total = total + penalty(self.D_raw, real, fake, labels)
+        return total
 
     def generator_phase(self, real: torch.Tensor, labels: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """G learns to make D call its fakes real. D is called unwrapped and frozen: no gradients for D's
@@ -91,9 +106,25 @@ class GANStep:
         return loss_g
 
 
-def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Module, cuda_graphs: bool) -> GANStep:
+class LinearDecay:
+    """optim.lr_decay=linear: every optimizer's learning rate falls linearly from its configured value to 0 over
+    the run's steps. A function of the step alone: nothing to save, exact on resume."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], total_steps: int):
+        self.groups = [(group, group["lr"]) for opt in optimizers for group in opt.param_groups]
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> None:
+        scale = max(0.0, 1.0 - step / self.total_steps)
+        for group, lr in self.groups:
+            group["lr"] = lr * scale
+
+
+def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Module, cuda_graphs: bool,
+                   total_steps: int = 0) -> GANStep:
     """G and D (dcgan.models.build_models) with their optimizers as configured, prepared by Accelerate (on the
-    device, DDP-wrapped when several processes train), bound into a GANStep."""
+    device, DDP-wrapped when several processes train), bound into a GANStep. total_steps: the run's, over which
+    optim.lr_decay decays."""
     cuda = accelerator.device.type == "cuda"
     if accelerator.num_processes > 1 and cfg.model.sync_bn:
         G, D = convert_sync_batchnorm(G, use_cuda_sync_bn=cuda), convert_sync_batchnorm(D, use_cuda_sync_bn=cuda)
@@ -107,7 +138,9 @@ def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Mo
         G.compile(mode=cfg.train.compile_mode)  # in place: state_dict keys stay those of the plain modules
         D.compile(mode=cfg.train.compile_mode)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch)
+    penalties = build_penalties(cfg.loss, accelerator.process_index, accelerator.num_processes)
+    schedule = LinearDecay([opt_g, opt_d], total_steps) if cfg.optim.lr_decay == "linear" and total_steps else None
+    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch, penalties, schedule)
 
 
 def build_optimizer(params, lr: float, cfg: OptimConfig, capturable: bool) -> torch.optim.Optimizer:

@@ -61,12 +61,12 @@ class Trainer:
         # The EMA copies the plain G: plain BatchNorm (it only runs in eval mode), no compile, default layout.
         # Its BatchNorm calibration and the sample grids use fixed noises, each from its own seed.
         self.ema = EmaGenerator(G, cfg.train.ema_decay, fixed_noise(8 * plan.local_batch, nz, seed + 2, device),
-                                plan.local_batch)
+                                plan.local_batch, start=cfg.train.ema_start)
         self.ema.module.to(device)
         # A conditional model's grid has one row per digit: num_samples rounded up to 10 rows.
         self.sample_labels, self.grid_row = grid_labels(cfg.train.num_samples, cfg.model.conditional, device)
         self.sample_noise = fixed_noise(len(self.sample_labels), nz, seed + 1, device)
-        self.gan = build_gan_step(cfg, accelerator, G, D, plan.cuda_graphs)
+        self.gan = build_gan_step(cfg, accelerator, G, D, plan.cuda_graphs, plan.total_steps)
         self.step_fn = graphed(self.gan, plan.cuda_graphs)
         self.G, self.D = accelerator.unwrap_model(self.gan.G), self.gan.D_raw
         self.noise = LatentNoise(nz, cfg.train.batch_size, plan.rank, plan.local_batch, seed, device)
@@ -107,7 +107,7 @@ class Trainer:
         if self.evaluator and state.get("eval"):
             self.evaluator.load_state_dict(state["eval"])
         self.clock.load_state_dict(state.get("train_seconds", 0.0))
-        self.step = state["step"]
+        self.step = self.gan.steps = state["step"]
         self.log.info(f"resumed from {path} at step {self.step}")
 
     # ---- the loop --------------------------------------------------------------------------------------------

@@ -19,10 +19,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from dcgan.checkpoint import atomic_write
-from dcgan.config import _Yaml12Loader, flatten
+from dcgan.config import recorded_settings
 from evaluation.during_training import LOWER_IS_BETTER
 
 # Settings that differ between members without being part of the experiment.
@@ -54,7 +52,7 @@ class MemberRun:
 
 
 def read_member(run_dir: Path, target: float | None) -> MemberRun:
-    settings = flatten(yaml.load((run_dir / "config.yaml").read_text(), Loader=_Yaml12Loader))
+    settings = recorded_settings(run_dir / "config.yaml")
     curves = read_scalars(run_dir / "tensorboard")
     metric = str(settings.get("eval.best_metric", "clf_fid"))
     run = MemberRun(run_dir.name, settings, (run_dir / "generator.pt").is_file(), metric, curves=curves)

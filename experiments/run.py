@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from dcgan.config import ConfigError, _Yaml12Loader, flatten
+from dcgan.config import ConfigError, flatten, recorded_settings
 from dcgan.data import DataError
 from evaluation.common import EvaluationError
 
@@ -46,7 +44,7 @@ def finished(sweep: Sweep, member: Member) -> bool:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return False
-    recorded = flatten(yaml.load(saved.read_text(), Loader=_Yaml12Loader))
+    recorded = recorded_settings(saved)
     wanted = flatten(member.config.to_dict())
     ignored = RUN_KEYS | ({"train.mixed_precision"} if wanted["train.mixed_precision"] == "auto" else set())
     differing = [k for k in wanted if k not in ignored and str(recorded.get(k)) != str(wanted[k])]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from dcgan.config import Config, ConfigError, _Yaml12Loader, load_config
+from dcgan.config import Config, ConfigError, load_config, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_KEYS = ("name", "base", "overrides", "evaluation", "members", "grid", "seeds")
@@ -69,7 +69,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple = (), base: st
     if not path.is_file():
         raise SweepError(f"sweep file {path} does not exist (shipped studies are in configs/experiments/)")
     try:
-        spec = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        spec = read_yaml(path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SweepError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None

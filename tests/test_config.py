@@ -50,7 +50,7 @@ def test_overrides_are_typed():
     ("optim.name=sgd", "optim.name"),
     ("optim.alpha=1", "optim.alpha"),
     ("model.g_extra_layers=-1", "model.g_extra_layers"),
-    ("loss.name=wgan", "loss.name"),
+    ("loss.name=wasserstein", "loss.name"),
     ("train=3", "train"),
     ("epochs", "key=value"),
 ])

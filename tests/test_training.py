@@ -13,8 +13,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from support import (ROOT, SHARED, TINY, RunsCode, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train,
-                     subprocess_env, train_command)
+from support import (ROOT, SHARED, TINY, RunsCode, assert_same_state, load_ckpt, make_trainer, one_line_error,
+                     only_run_dir, run_train, subprocess_env, train_command)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
 from dcgan.config import ConfigError
@@ -234,22 +234,10 @@ def test_hinge_loss_values_and_a_hinge_step():
 def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     """Trainer.state_dict() -> load_state_dict() into a fresh Trainer -> state_dict(): the same state, and the two
     trainers take the same next step."""
-    from accelerate import Accelerator
     from dcgan.config import load_config
-    from dcgan.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
-    from dcgan.plan import plan_run
-    from dcgan.trainer import Trainer
 
     cfg = load_config(None, TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}"])
-    data = Digits(to_training_images(load_mnist_uint8(mnist_root), 28), load_mnist_labels(mnist_root))
-    plan = plan_run(cfg, world_size=1, rank=0, num_images=len(data.images), cuda=False)
-
-    def trainer(name: str) -> Trainer:
-        (tmp_path / name).mkdir()
-        torch.manual_seed(0)
-        return Trainer(cfg, plan, Accelerator(cpu=True), tmp_path / name, data)
-
-    first = trainer("first")
+    first = make_trainer(cfg, mnist_root, tmp_path / "first")
     for _ in range(3):
         first.step_fn(*first.batches.batch(first.step), first.noise.next())
         first.ema.update(first.G, first.step)
@@ -257,7 +245,7 @@ def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     buffer = io.BytesIO()  # through bytes, as a checkpoint file goes: nothing shared with `first`, and data only
     torch.save(first.state_dict(), buffer)
     saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    second = trainer("second")
+    second = make_trainer(cfg, mnist_root, tmp_path / "second")
     second.load_state_dict(saved, tmp_path / "ckpt.pt")
     again = second.state_dict()
     assert again["step"] == 3 and again["epoch"] == 0 and again["config"] == saved["config"]
