@@ -62,10 +62,11 @@ def walk_noise(num: int, nz: int, seed: int, frames_between: int, truncation: fl
 
 def digits_to_draw(num: int, digit: int | None, conditional: bool, device: torch.device) -> tuple[torch.Tensor, int]:
     """(labels, images per grid row): `digit` for every sample; else for a conditional model 0-9 in turn, one
-    column per digit; an unconditional model ignores labels (a square grid)."""
+    column per digit once there are 10 or more; otherwise a square grid (an unconditional model ignores labels)."""
+    square = max(1, int(num ** 0.5))
     if digit is not None:
-        return torch.full((num,), digit, device=device), max(1, int(num ** 0.5))
-    return balanced_labels(num, device), (NUM_CLASSES if conditional else max(1, int(num ** 0.5)))
+        return torch.full((num,), digit, device=device), square
+    return balanced_labels(num, device), (NUM_CLASSES if conditional and num >= NUM_CLASSES else square)
 
 
 def to_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:

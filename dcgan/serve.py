@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .generate import sample_noise, to_frame, to_grid, walk_noise
+from .generate import digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
 from .loading import load_generator, resolve_generator_path
-from .models import NUM_CLASSES, balanced_labels
+from .models import NUM_CLASSES
 
 MAX_COUNT = 64
 WALK_FRAMES_BETWEEN = 12
@@ -57,16 +57,10 @@ class DigitDrawer:
             raise BadRequest(f"seed must be 0 or more, not {seed}")
         return digit, seed, count
 
-    def labels(self, digit: int | None, count: int) -> tuple[torch.Tensor, int]:
-        if digit is not None:
-            return torch.full((count,), digit, device=self.device), max(1, int(count ** 0.5))
-        conditional_columns = NUM_CLASSES if self.G.conditional and count >= NUM_CLASSES else 0
-        return balanced_labels(count, self.device), conditional_columns or max(1, int(count ** 0.5))
-
     @torch.no_grad()
     def grid_png(self, digit: int | None, seed: int, count: int) -> bytes:
         from torchvision.utils import save_image
-        labels, nrow = self.labels(digit, count)
+        labels, nrow = digits_to_draw(count, digit, self.G.conditional, self.device)
         with self.lock:
             images = self.G(sample_noise(count, self.nz, seed).to(self.device), labels)
         buffer = io.BytesIO()
@@ -77,7 +71,7 @@ class DigitDrawer:
     def walk_gif(self, digit: int | None, seed: int, count: int) -> bytes:
         import imageio.v3 as iio
         import numpy as np
-        labels, nrow = self.labels(digit, count)
+        labels, nrow = digits_to_draw(count, digit, self.G.conditional, self.device)
         with self.lock:
             frames = [to_frame(to_grid(self.G(z.to(self.device), labels), nrow))
                       for z in walk_noise(count, self.nz, seed, WALK_FRAMES_BETWEEN, 0.0)]

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from support import (ROOT, SHARED, TINY, RunsCode, assert_same_state, load_ckpt, make_trainer, one_line_error,
-                     only_run_dir, run_train, subprocess_env, train_command)
+                     only_run_dir, run_train, subprocess_env, train_command, free_port)
 from dcgan.models import Discriminator, Generator
 from dcgan import reporting
 from dcgan.config import ConfigError
@@ -341,7 +341,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(short_run, 
                 "grey_probe": [sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(tmp_path / "run"),
                                "--data-root", str(mnist_root)],
                 "dcgan.generate": [sys.executable, "-m", "dcgan.generate", "--checkpoint", str(crafted), "--out",
-                                   str(tmp_path / "grid.png")]}
+                                   str(tmp_path / "grid.png")],
+                "dcgan.serve": [sys.executable, "-m", "dcgan.serve", "--checkpoint", str(crafted), "--port",
+                                str(free_port())]}
     for name, command in commands.items():
         result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert "refused, since loading it could run code" in one_line_error(result), name
