@@ -4,7 +4,9 @@ Standard metrics (Inception features): fid, kid, isc, prc. MNIST-domain metrics 
 evaluation/classifier.py): clf_fid, clf_kid, clf_isc, coverage (classes covered, KL of the predicted-class
 histogram to uniform, share of confident predictions), and for conditional generators `class`: the share of samples
 the classifier assigns to the digit asked for, and the mean over digits of each digit's clf_fid against the real
-images of that digit. Real images are processed exactly as in training:
+images of that digit. `background`: the median background (each image's median pixel, median over images, in
+[-1, 1]) of the samples minus that of the real images: a grey drift shows as a positive gap. Real images are
+processed exactly as in training:
 resized once to the training resolution, then uint8 and grey tiled to 3 channels, like generated ones.
 """
 from __future__ import annotations
@@ -28,10 +30,11 @@ from .common import EvaluationError
 
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
 CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage", "class")
-ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS
+IMAGE_METRICS = ("background",)  # from the pixels alone
+ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS + IMAGE_METRICS
 # The values a requested metric reports, where they are not named like the metric itself.
 REPORTED_VALUES = {"coverage": ("classes_covered", "kl_to_uniform", "confident_share"), "prc": ("precision", "recall"),
-                   "class": ("class_accuracy", "clf_fid_per_class")}
+                   "class": ("class_accuracy", "clf_fid_per_class"), "background": ("background_gap",)}
 CONFIDENT = 0.9  # max softmax probability for a "confidently classified" sample
 
 
@@ -272,6 +275,18 @@ def class_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_labels:
                    seconds, f"clf_fid of digits 0-9: {shown}")]
 
 
+def median_background(images: torch.Tensor) -> float:
+    """The median over images of each image's median pixel, for uint8 images, in [-1, 1] (MNIST: -1, black)."""
+    return images[:, 0].flatten(1).float().median(dim=1).values.median().item() / 127.5 - 1
+
+
+def background_gap(fake: torch.Tensor, reference: torch.Tensor, reference_name: str) -> Result:
+    start = time.time()
+    fake_level, real_level = median_background(fake), median_background(reference)
+    return Result("background_gap", fake_level - real_level, len(fake), reference_name, "-", time.time() - start,
+                  f"median background {fake_level:+.4f} (real {real_level:+.4f})")
+
+
 def measure(source, nz: int, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
             inception_weights: str | None, classifier_weights: str | None, device: torch.device, batch_size: int,
             seed: int, cache_root: Path, reference_labels: torch.Tensor | None = None) -> list[Result]:
@@ -284,8 +299,10 @@ def measure(source, nz: int, reference: torch.Tensor, reference_name: str, metri
     common = dict(device=device, batch_size=batch_size, seed=seed, cache_root=cache_root)
     rows = inception_metrics(FidelityGenerator(source, nz) if is_generator else source, reference, reference_name,
                              metrics, num_samples, inception_weights, **common)
-    if any(m in CLASSIFIER_METRICS for m in metrics):
+    if any(m in CLASSIFIER_METRICS + IMAGE_METRICS for m in metrics):
         images = generate(source, nz, num_samples, seed) if is_generator else source
         rows += classifier_metrics(images, reference, reference_name, metrics, classifier_weights, **common,
                                    reference_labels=reference_labels)
+        if "background" in metrics:
+            rows.append(background_gap(images, reference, reference_name))
     return rows

@@ -57,3 +57,12 @@ def slurm_env():
     env["PYTHONUNBUFFERED"] = "1"
     yield env
     subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def pytest_itemcollected(item):
+    """pytest-xdist runs the suite on 2 workers (pytest.ini: --dist loadgroup). Each module's tests stay on one
+    worker, in order, so a module fixture (a short training run, the README's scratch checkout) is built once; the
+    modules that start the local SLURM cluster share one worker, since one cluster can run on a machine at a time.
+    (Marked as each test is collected: xdist reads the groups in its own collection hook.)"""
+    module = item.module.__name__
+    item.add_marker(pytest.mark.xdist_group("slurm" if module in ("test_slurm", "test_readme") else module))

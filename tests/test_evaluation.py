@@ -15,7 +15,7 @@ from evaluation.classifier import accuracy, load_classifier
 from evaluation.common import EvaluationError
 from evaluation.during_training import PeriodicEvaluator
 from evaluation.metrics import (classifier_metrics, coverage, inception_metrics,
-                                inception_weights_problem, real_images)
+                                inception_weights_problem, measure, real_images)
 
 SHARED_DATA = SHARED / "data"
 INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
@@ -164,6 +164,22 @@ def test_inception_score_unavailable_with_nan_classifier(tmp_path):
 
 
 # ---- the command line -------------------------------------------------------------------------------------
+
+def test_background_gap_sees_a_grey_drift(short_run, mnist_root, tmp_path):
+    """Real images against themselves: gap 0; the same with black raised to 32/255 (a grey background): +0.25."""
+    real = real_images(mnist_root, "test", 28, 100)
+    greyed = real.clamp(min=32)
+    args = dict(nz=16, reference=real, reference_name="t", metrics=["background"], num_samples=100,
+                inception_weights=None, classifier_weights=None, device=torch.device("cpu"), batch_size=50, seed=0,
+                cache_root=tmp_path)
+    (same,) = measure(real, **args)
+    (grey,) = measure(greyed, **args)
+    assert same.metric == "background_gap" and same.value == 0
+    assert grey.value == pytest.approx(32 / 127.5, abs=1e-6) and "real -1.0000" in grey.note
+    result = cli("--checkpoint", short_run, "--metrics", "background", "--num-samples", 50, "--data-root", mnist_root,
+                 "--cache-dir", tmp_path / "cache")                       # no classifier, no Inception needed
+    assert result.returncode == 0 and "background_gap" in result.stdout, result.stderr[-2000:]
+
 
 def test_cli_bad_input_is_one_line(short_run, tmp_path, capsys):
     """The first as typed, in its own process; the rest through the same main() in this one."""
