@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
                          list_checkpoints, load_state, read_weights)
-from .models import Generator
+from .models import Discriminator, Generator, with_spectral_norm
 
 
 def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
@@ -20,6 +20,19 @@ def build_generator(config: dict, weights: dict, what: str, path: Path) -> Gener
                   conditional=model.get("conditional", False))
     load_state(G, weights, what, path)
     return G.eval()
+
+
+def build_discriminator(config: dict, weights: dict, path: Path) -> Discriminator:
+    """The Discriminator a run's `config` describes (its normalization and spectral norm included), holding
+    `weights`, on the CPU in training mode (BatchNorm as a training step uses it)."""
+    model = config["model"]
+    D = Discriminator(config["data"]["image_size"], model["ndf"], extra_layers=model.get("d_extra_layers", 0),
+                      conditional=model.get("conditional", False),
+                      conditioning=model.get("d_conditioning", "projection"), norm=model.get("d_norm", "batch"))
+    if model.get("spectral_norm", False):
+        with_spectral_norm(D)
+    load_state(D, weights, "discriminator", path)
+    return D
 
 
 def generator_from(state: dict, use_ema: bool, path: Path) -> Generator:

@@ -17,8 +17,7 @@ import torch
 
 from dcgan.checkpoint import CheckpointError, load_checkpoint
 from dcgan.data import DataError, load_mnist_uint8, to_training_images
-from dcgan.loading import generator_from
-from dcgan.models import Discriminator
+from dcgan.loading import build_discriminator, generator_from
 from evaluation.common import EvaluationError
 from evaluation.fid import checkpoints_to_evaluate
 
@@ -57,8 +56,7 @@ def main(argv=None) -> int:
         G, ema = generator_from(state, False, path), generator_from(state, True, path)
         config, step = state["config"], state["step"]
         size, nz = config["data"]["image_size"], config["model"]["nz"]
-        D = Discriminator(size, config["model"]["ndf"], extra_layers=config["model"].get("d_extra_layers", 0))
-        D.load_state_dict(state["discriminator"])
+        D = build_discriminator(config, state["discriminator"], path)
         real = to_training_images(load_mnist_uint8(args.data_root, train=False)[:args.batch_size], size,
                                   torch.device("cpu"))
     except (CheckpointError, DataError, EvaluationError) as exc:

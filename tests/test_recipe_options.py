@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from support import TINY, assert_same_state, make_trainer
+from dcgan.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
 from dcgan.ema import EmaGenerator
 from dcgan.losses import R1, GradientPenalty, Wasserstein, build_penalties, squared_gradient_norms
@@ -168,3 +169,19 @@ def test_linear_lr_decay_follows_the_step():
     steady = build_gan_step(load_config(None, TINY), Accelerator(cpu=True), *build_models(28, 16, 8, 8),
                             cuda_graphs=False, total_steps=4)
     assert steady.lr_schedule is None
+
+
+def test_a_runs_discriminator_is_rebuilt_from_its_config():
+    """evaluation.grey_probe reads D back: its normalization and spectral norm come from the run's config."""
+    from dcgan.loading import build_discriminator
+    from dcgan.models import models_for
+
+    cfg = load_config(None, TINY + ["model.d_norm=none", "model.spectral_norm=true"])
+    torch.manual_seed(0)
+    _, D = models_for(cfg)
+    D(torch.randn(4, 1, 28, 28))                              # a power iteration: u and v move
+    again = build_discriminator(cfg.to_dict(), D.state_dict(), "ckpt.pt")
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(D.eval()(images), again.eval()(images))
+    with pytest.raises(CheckpointError, match="discriminator"):
+        build_discriminator(load_config(None, TINY).to_dict(), D.state_dict(), "ckpt.pt")
