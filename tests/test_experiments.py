@@ -24,7 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def tiny_sweep(tmp_path, classifier, members: list[dict], epochs: int = 2, **extra) -> str:
     """A sweep file of TINY members, evaluated every epoch with the tiny classifier."""
-    spec = {"name": "tiny", "base": "configs/mnist32.yaml",
+    spec = {"name": "tiny", "base": "configs/mnist32_seed.yaml",   # Adam and a BatchNorm D: what members change
             "overrides": {**dict(o.split("=", 1) for o in TINY), "train.epochs": epochs,
                           "train.checkpoint_every": 8},
             "evaluation": {"every_epochs": 1, "metrics": "clf_fid,coverage", "num_samples": 64,
