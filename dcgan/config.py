@@ -239,6 +239,14 @@ def recorded_settings(path: str | Path) -> dict:
     return {**Config().flat(), **flatten(read_yaml(path) or {})}
 
 
+def config_from_dict(values: dict) -> Config:
+    """A run's recorded config (a checkpoint's, or its config.yaml) as a Config; keys the run predates take their
+    defaults (as in recorded_settings). Not validated: the run already was, under the rules of its day."""
+    cfg = Config()
+    _update(cfg, values)
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- overrides, then validate."""
     cfg = Config()

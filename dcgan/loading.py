@@ -9,28 +9,30 @@ import torch
 
 from .checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
                          list_checkpoints, load_state, read_weights)
-from .models import Discriminator, Generator, with_spectral_norm
+from .config import ConfigError, config_from_dict
+from .models import Discriminator, Generator, models_for
+
+
+def models_of(config: dict, path: Path) -> tuple[Generator, Discriminator]:
+    """G and D of the architecture a run's `config` (as a dict) describes, as dcgan.models.models_for builds them."""
+    try:
+        return models_for(config_from_dict(config))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its run's config does not fit this version of the code ({exc})") from None
 
 
 def build_generator(config: dict, weights: dict, what: str, path: Path) -> Generator:
-    """A Generator of the architecture `config` (a run's config as a dict) describes, holding `weights`, in eval
-    mode on the CPU; weights that do not fit are a one-line CheckpointError."""
-    model = config["model"]
-    G = Generator(config["data"]["image_size"], model["nz"], model["ngf"], extra_layers=model.get("g_extra_layers", 0),
-                  conditional=model.get("conditional", False))
+    """The generator a run's `config` describes, holding `weights`, in eval mode on the CPU; weights that do not
+    fit are a one-line CheckpointError."""
+    G, _ = models_of(config, path)
     load_state(G, weights, what, path)
     return G.eval()
 
 
 def build_discriminator(config: dict, weights: dict, path: Path) -> Discriminator:
-    """The Discriminator a run's `config` describes (its normalization and spectral norm included), holding
+    """The discriminator a run's `config` describes (its normalization and spectral norm included), holding
     `weights`, on the CPU in training mode (BatchNorm as a training step uses it)."""
-    model = config["model"]
-    D = Discriminator(config["data"]["image_size"], model["ndf"], extra_layers=model.get("d_extra_layers", 0),
-                      conditional=model.get("conditional", False),
-                      conditioning=model.get("d_conditioning", "projection"), norm=model.get("d_norm", "batch"))
-    if model.get("spectral_norm", False):
-        with_spectral_norm(D)
+    _, D = models_of(config, path)
     load_state(D, weights, "discriminator", path)
     return D
 

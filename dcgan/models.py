@@ -139,14 +139,15 @@ def with_spectral_norm(discriminator: nn.Module) -> nn.Module:
 
 
 def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0, d_extra: int = 0,
-                 conditional: bool = False, **d_options) -> tuple[Generator, Discriminator]:
-    """G and D, initialized. d_options: conditioning, norm (Discriminator) and spectral_norm (bool)."""
-    sn = d_options.pop("spectral_norm", False)
+                 conditional: bool = False, conditioning: str = "projection", norm: str = "batch",
+                 spectral_norm: bool = False) -> tuple[Generator, Discriminator]:
+    """G and D, initialized; conditioning and norm are the Discriminator's, spectral_norm wraps D's convolutions."""
     generator = Generator(image_size, nz, ngf, extra_layers=g_extra, conditional=conditional)
-    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional, **d_options)
+    discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional,
+                                  conditioning=conditioning, norm=norm)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    return generator, with_spectral_norm(discriminator) if sn else discriminator
+    return generator, with_spectral_norm(discriminator) if spectral_norm else discriminator
 
 
 def models_for(cfg) -> tuple[Generator, Discriminator]:

@@ -185,3 +185,11 @@ def test_a_runs_discriminator_is_rebuilt_from_its_config():
     assert torch.equal(D.eval()(images), again.eval()(images))
     with pytest.raises(CheckpointError, match="discriminator"):
         build_discriminator(load_config(None, TINY).to_dict(), D.state_dict(), "ckpt.pt")
+    recorded = cfg.to_dict()
+    newer = {**recorded, "model": {**recorded["model"], "d_widget": 2}}        # a run made by a later version
+    with pytest.raises(CheckpointError, match="does not fit this version") as err:
+        build_discriminator(newer, D.state_dict(), "ckpt.pt")
+    assert "\n" not in str(err.value)
+    older = {**recorded, "model": {k: v for k, v in recorded["model"].items() if k != "d_norm"}}
+    with pytest.raises(CheckpointError, match="discriminator"):   # before d_norm existed, D had BatchNorm
+        build_discriminator(older, D.state_dict(), "ckpt.pt")
