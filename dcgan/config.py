@@ -62,6 +62,7 @@ class OptimConfig:
     alpha: float = 0.99           # RMSprop: smoothing of the squared-gradient average
     momentum: float = 0.0         # RMSprop
     lr_decay: str = "none"        # none | linear: both learning rates fall linearly to 0 over the run's steps
+    d_steps: int = 1              # D updates per G update: G learns on every d_steps-th batch (WGAN's n_critic)
     fused: bool = True            # fused Adam kernels (CPU and CUDA); RMSprop has none: its multi-tensor kernels
 
 
@@ -310,6 +311,7 @@ def validate(cfg: Config) -> None:
     _need("class" not in cfg.eval.metrics.replace(" ", "").split(",") or cfg.model.conditional,
           f"eval.metrics={cfg.eval.metrics}: 'class' measures a conditional model: set model.conditional=true "
           f"or leave 'class' out")
+    _need(cfg.optim.d_steps >= 1, f"optim.d_steps={cfg.optim.d_steps} must be a positive integer (D updates per G update)")
     _need(cfg.loss.r1_every >= 1, f"loss.r1_every={cfg.loss.r1_every} must be a positive integer")
     penalty = ("loss.name=wgan" if cfg.loss.name == "wgan" and cfg.loss.gp_weight
                else f"loss.r1_gamma={cfg.loss.r1_gamma:g}" if cfg.loss.r1_gamma else "")

@@ -58,6 +58,9 @@ def check_cuda_options(cfg: Config, graphs: bool) -> None:
     if graphs and cfg.loss.r1_gamma and cfg.loss.r1_every > 1:
         raise ConfigError(f"loss.r1_every={cfg.loss.r1_every} runs R1 on some steps only, which one captured CUDA graph "
                           f"cannot: set loss.r1_every=1 or train.cuda_graphs=false")
+    if graphs and cfg.optim.d_steps > 1:
+        raise ConfigError(f"optim.d_steps={cfg.optim.d_steps} updates G on some steps only, which one captured CUDA graph "
+                          f"cannot: set train.cuda_graphs=false or optim.d_steps=1")
     if graphs and cfg.optim.lr_decay != "none":
         raise ConfigError(f"optim.lr_decay={cfg.optim.lr_decay} sets the learning rate every step, which one captured "
                           f"CUDA graph cannot: set train.cuda_graphs=false or optim.lr_decay=none")

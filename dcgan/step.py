@@ -43,27 +43,33 @@ class StepStats:
 
 
 class GANStep:
-    """`step(real, labels, z) -> StepStats`: one D update on real images and detached fakes, then one G update.
+    """`step(real, labels, z) -> StepStats`: one D update on real images and detached fakes, then one G update
+    (with optim.d_steps = k: on every k-th step only, so D learns from k batches per G update).
     The fakes are drawn for the real batch's labels, which only conditional models use (dcgan/models.py).
-    `steps` counts the steps taken (the trainer sets it on resume): lazy penalties are due on some steps only."""
+    `steps` counts the steps taken (the trainer sets it on resume): lazy penalties and G's updates with
+    d_steps > 1 are due on some steps only."""
 
     def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool, penalties=(),
-                 lr_schedule: LinearDecay | None = None):
+                 lr_schedule: LinearDecay | None = None, d_steps: int = 1):
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.D_raw = accelerator.unwrap_model(D)
         self.loss, self.penalties, self.lr_schedule = loss, list(penalties), lr_schedule
         self.joint_batch = joint_batch  # loss.joint_batch: D's BatchNorm sees reals and fakes as one batch
+        self.d_steps = d_steps
         self.steps = 0
+        # The last G update's loss: what a step without one reports (a device tensor, never read here)
+        self.loss_g = torch.zeros((), device=accelerator.device)
 
     def __call__(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> StepStats:
         if self.lr_schedule:
             self.lr_schedule(self.steps)
         fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, labels, z)
-        loss_g = self.generator_phase(real, labels, fake)
+        if (self.steps + 1) % self.d_steps == 0:
+            self.loss_g = self.generator_phase(real, labels, fake).detach()
         d_x = torch.sigmoid(real_logits.detach().float()).mean()
         d_g_z = torch.sigmoid(fake_logits.detach().float()).mean()
         self.steps += 1
-        return StepStats(torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z]))
+        return StepStats(torch.stack([loss_d.detach(), self.loss_g, d_x, d_g_z]))
 
     def discriminator_phase(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor):
         """D learns to tell real images from detached fakes."""
@@ -140,7 +146,8 @@ def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Mo
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     penalties = build_penalties(cfg.loss, accelerator.process_index, accelerator.num_processes)
     schedule = LinearDecay([opt_g, opt_d], total_steps) if cfg.optim.lr_decay == "linear" and total_steps else None
-    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch, penalties, schedule)
+    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch, penalties, schedule,
+                   cfg.optim.d_steps)
 
 
 def build_optimizer(params, lr: float, cfg: OptimConfig, capturable: bool) -> torch.optim.Optimizer:

@@ -160,7 +160,10 @@ def test_gpu_only_option_conflicts_are_one_line_errors():
     check(["train.compile=true", "train.channels_last=false"])
     for overrides, names in ((["train.mixed_precision=fp16", "optim.fused=false"], "optim.fused=true"),
                              (["train.mixed_precision=fp16", "optim.name=rmsprop"], "optim.name=adam"),
-                             (["train.compile=true"], "train.channels_last=false")):
+                             (["train.compile=true"], "train.channels_last=false"),
+                             (["model.d_norm=none", "loss.r1_gamma=1"], "loss.r1_every=1"),
+                             (["optim.lr_decay=linear"], "optim.lr_decay=none"),
+                             (["optim.d_steps=2"], "optim.d_steps=1")):
         with pytest.raises(ConfigError) as err:
             check(overrides)
         assert names in str(err.value) and "\n" not in str(err.value)

@@ -59,11 +59,12 @@ def test_allreduce_batchnorm_two_processes_match_one(tmp_path):
 
 
 def test_gradient_penalties_two_processes_match_one(mnist_root, tmp_path):
-    """WGAN-GP + lazy R1 + spectral norm (no BatchNorm in D): the penalties run on the module DDP wraps, and the
-    gradient penalty's mixing weights are each process's slice of the global batch's, so 2 processes x 16 images
-    train exactly like 1 process x 32."""
+    """WGAN-GP + lazy R1 + spectral norm (no BatchNorm in D) + 2 D steps per G step: the penalties run on the
+    module DDP wraps, and the gradient penalty's mixing weights are each process's slice of the global batch's, so
+    2 processes x 16 images train exactly like 1 process x 32."""
     common = TINY + [f"data.root={mnist_root}", "train.max_steps=6", "loss.name=wgan", "model.d_norm=none",
-                     "model.spectral_norm=true", "loss.r1_gamma=1", "loss.r1_every=2"]
+                     "model.spectral_norm=true", "loss.r1_gamma=1", "loss.r1_every=2",
+                     "optim.d_steps=2"]
     runs = {}
     for name, nproc in (("one", 1), ("two", 2)):
         run_train(common + [f"train.out_dir={tmp_path / name}"], nproc=nproc)

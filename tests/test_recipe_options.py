@@ -1,5 +1,5 @@
 """The quality search's levers: the Wasserstein loss with its gradient penalty, lazy R1, spectral norm, D
-without BatchNorm, class maps joined to a conditional D's input, and the EMA's start step. Each is asserted by
+without BatchNorm, class maps joined to a conditional D's input, the EMA's start step and D steps per G step. Each is asserted by
 what it computes; the penalties' step is asserted to resume exactly (lazy R1 is due on some steps only)."""
 import io
 
@@ -78,6 +78,7 @@ def test_penalties_follow_the_config():
     (["model.d_conditioning=concat"], "model.d_conditioning"),
     (["model.d_norm=layer"], "model.d_norm"),
     (["train.ema_start=-1"], "train.ema_start"),
+    (["optim.d_steps=0"], "optim.d_steps"),
 ])
 def test_bad_recipe_options_are_one_line(override, names):
     with pytest.raises(ConfigError) as err:
@@ -169,6 +170,27 @@ def test_linear_lr_decay_follows_the_step():
     steady = build_gan_step(load_config(None, TINY), Accelerator(cpu=True), *build_models(28, 16, 8, 8),
                             cuda_graphs=False, total_steps=4)
     assert steady.lr_schedule is None
+
+
+def test_d_steps_update_g_on_every_kth_step_only():
+    """optim.d_steps=2: D learns on every batch, G on every second; a step without a G update reports the last
+    G loss. The due steps follow the step count, which a resume restores."""
+    from accelerate import Accelerator
+    from dcgan.step import build_gan_step
+
+    torch.manual_seed(0)
+    gan = build_gan_step(load_config(None, TINY + ["optim.d_steps=2"]), Accelerator(cpu=True),
+                         *build_models(28, 16, 8, 8), cuda_graphs=False)
+    moved_g, moved_d, losses_g = [], [], []
+    for _ in range(4):
+        before_g = [p.detach().clone() for p in gan.G.parameters()]
+        before_d = [p.detach().clone() for p in gan.D.parameters()]
+        stats = gan(torch.rand(8, 1, 28, 28) * 2 - 1, torch.zeros(8, dtype=torch.long), torch.randn(8, 16))
+        moved_g.append(any(not torch.equal(a, b) for a, b in zip(before_g, gan.G.parameters())))
+        moved_d.append(any(not torch.equal(a, b) for a, b in zip(before_d, gan.D.parameters())))
+        losses_g.append(stats.values[1].item())
+    assert moved_g == [False, True, False, True] and moved_d == [True] * 4
+    assert losses_g[0] == 0.0 and losses_g[1] > 0 and losses_g[2] == losses_g[1] and losses_g[3] != losses_g[2]
 
 
 def test_a_runs_discriminator_is_rebuilt_from_its_config():
