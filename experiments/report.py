@@ -207,6 +207,8 @@ def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
             _plot_panel(ax, runs, tag.format(metric=runs[0].metric), x_axis)
             ax.set_ylabel(label.format(metric=runs[0].metric))
             ax.set_xlabel("step" if x_axis == "step" else "seconds of training")
+            if tag.startswith("eval/") and _all_positive(runs, tag.format(metric=runs[0].metric)):
+                ax.set_yscale("log")  # FIDs fall by orders of magnitude in a run: the late gaps matter too
         axes[0][0].legend(fontsize="small")
         fig.suptitle(title)
         fig.tight_layout()
@@ -217,6 +219,11 @@ def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
     if with_grids:
         written.append(("Final EMA samples", _sample_grids(folder, with_grids, plt)))
     return written
+
+
+def _all_positive(runs: list[MemberRun], tag: str) -> bool:
+    values = [v for run in runs for v in run.curves.get(tag, ([], []))[1]]
+    return bool(values) and min(values) > 0
 
 
 def _plot_panel(ax, runs: list[MemberRun], tag: str, x_axis: str) -> None:
