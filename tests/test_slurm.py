@@ -23,8 +23,9 @@ def submit(env, run_dir: Path, overrides: list[str], nodes: int = 2) -> str:
 
 def job_config(mnist_root) -> list[str]:
     """As the README writes it: `sbatch slurm/train.sbatch --config FILE key=value ...` (the script puts its own
-    overrides before these: options and overrides mix in any order)."""
-    return ["--config", "configs/mnist32.yaml", *TINY, f"data.root={mnist_root}", "train.epochs=3",
+    overrides before these: options and overrides mix in any order). The conditional config: its labels are
+    sharded with the images across nodes; the README's unconditional SLURM commands run in tests/test_readme.py."""
+    return ["--config", "configs/mnist32_cond.yaml", *TINY, f"data.root={mnist_root}", "train.epochs=3",
             "train.checkpoint_every=8"]
 
 
@@ -44,7 +45,8 @@ def test_two_node_job_completes(baseline):
     run_dir, output = baseline
     assert "2 node(s) x 1 process(es)" in output
     assert "2 process(es) on cpu, global batch 32 (16 per process)" in (run_dir / "train.log").read_text()
-    assert load_ckpt(run_dir)["step"] == STEPS
+    state = load_ckpt(run_dir)
+    assert state["step"] == STEPS and state["config"]["model"]["conditional"] is True
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "generator.pt").is_file()
 
