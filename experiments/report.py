@@ -204,10 +204,11 @@ def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
     for name, (title, panels) in PANELS.items():
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (tag, label, x_axis) in zip(axes[0], panels):
-            _plot_panel(ax, runs, tag.format(metric=runs[0].metric), x_axis)
+            tag = tag.format(metric=runs[0].metric)
+            _plot_panel(ax, runs, tag, x_axis)
             ax.set_ylabel(label.format(metric=runs[0].metric))
             ax.set_xlabel("step" if x_axis == "step" else "seconds of training")
-            if tag.startswith("eval/") and _all_positive(runs, tag.format(metric=runs[0].metric)):
+            if tag.startswith("eval/") and _all_positive(runs, tag):
                 ax.set_yscale("log")  # FIDs fall by orders of magnitude in a run: the late gaps matter too
         axes[0][0].legend(fontsize="small")
         fig.suptitle(title)
