@@ -8,7 +8,7 @@ never reads the GPU from the host.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import Config, OptimConfig
 from .cuda_graph import GraphedStep
-from .losses import build_loss, build_penalties
+from .losses import R1, GradientPenalty, Hinge, NonSaturatingBCE, Wasserstein, build_loss, build_penalties
 from .sync_batchnorm import convert_sync_batchnorm
 
 
@@ -42,29 +42,50 @@ class StepStats:
         return dict(zip(self.NAMES, means))
 
 
+@dataclass
+class Objective:
+    """What D and G are trained on: the loss on D's logits and the gradient penalties on D (dcgan/losses.py), and
+    whether D's BatchNorm sees reals and fakes as one batch (loss.joint_batch)."""
+    loss: NonSaturatingBCE | Hinge | Wasserstein
+    penalties: list[GradientPenalty | R1] = field(default_factory=list)
+    joint_batch: bool = False
+
+
+class Schedule:
+    """What changes with the step count, as a function of it alone (nothing to save, exact on resume): the
+    learning rates (optim.lr_decay) and which steps update G (optim.d_steps)."""
+
+    def __init__(self, lr_decay: LinearDecay | None = None, d_steps: int = 1):
+        self.lr_decay, self.d_steps = lr_decay, d_steps
+
+    def set_learning_rates(self, step: int) -> None:
+        if self.lr_decay:
+            self.lr_decay(step)
+
+    def updates_g(self, step: int) -> bool:
+        return (step + 1) % self.d_steps == 0
+
+
 class GANStep:
     """`step(real, labels, z) -> StepStats`: one D update on real images and detached fakes, then one G update
     (with optim.d_steps = k: on every k-th step only, so D learns from k batches per G update).
     The fakes are drawn for the real batch's labels, which only conditional models use (dcgan/models.py).
-    `steps` counts the steps taken (the trainer sets it on resume): lazy penalties and G's updates with
-    d_steps > 1 are due on some steps only."""
+    `steps` counts the steps taken (the trainer sets it on resume): lazy penalties and the schedule follow it."""
 
-    def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, loss, joint_batch: bool, penalties=(),
-                 lr_schedule: LinearDecay | None = None, d_steps: int = 1):
+    def __init__(self, accelerator: Accelerator, G, D, opt_g, opt_d, objective: Objective,
+                 schedule: Schedule | None = None):
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.D_raw = accelerator.unwrap_model(D)
-        self.loss, self.penalties, self.lr_schedule = loss, list(penalties), lr_schedule
-        self.joint_batch = joint_batch  # loss.joint_batch: D's BatchNorm sees reals and fakes as one batch
-        self.d_steps = d_steps
+        self.objective = objective
+        self.schedule = schedule or Schedule()
         self.steps = 0
         # The last G update's loss: what a step without one reports (a device tensor, never read here)
         self.loss_g = torch.zeros((), device=accelerator.device)
 
     def __call__(self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor) -> StepStats:
-        if self.lr_schedule:
-            self.lr_schedule(self.steps)
+        self.schedule.set_learning_rates(self.steps)
         fake, real_logits, fake_logits, loss_d = self.discriminator_phase(real, labels, z)
-        if (self.steps + 1) % self.d_steps == 0:
+        if self.schedule.updates_g(self.steps):
             self.loss_g = self.generator_phase(real, labels, fake).detach()
         d_x = torch.sigmoid(real_logits.detach().float()).mean()
         d_g_z = torch.sigmoid(fake_logits.detach().float()).mean()
@@ -75,12 +96,12 @@ class GANStep:
         """D learns to tell real images from detached fakes."""
         with self.accelerator.autocast():
             fake = self.G(z, labels)
-            if self.joint_batch:
+            if self.objective.joint_batch:
                 both = torch.cat([labels, labels])
                 real_logits, fake_logits = self.D(torch.cat([real, fake.detach()]), both).split(len(real))
             else:
                 real_logits, fake_logits = self.D(real, labels), self.D(fake.detach(), labels)
-            loss_d = self.loss.discriminator(real_logits, fake_logits) + self.penalty(real, fake, labels)
+            loss_d = self.objective.loss.discriminator(real_logits, fake_logits) + self.penalty(real, fake, labels)
         self.opt_d.zero_grad(set_to_none=True)
         self.accelerator.backward(loss_d)
         self.opt_d.step()
@@ -90,7 +111,7 @@ class GANStep:
         """The gradient penalties due this step (dcgan/losses.py), on the unwrapped D: DDP cannot differentiate
         twice, and D's parameters are the same tensors, so DDP still averages their whole gradient."""
         total = torch.zeros((), device=real.device)
-        for penalty in self.penalties:
+        for penalty in self.objective.penalties:
             if penalty.due(self.steps):
                 total = total + penalty(self.D_raw, real, fake, labels)
         return total
@@ -100,11 +121,11 @@ class GANStep:
         parameters and no DDP all-reduce of gradients nobody uses; G's DDP wrapper still averages G's gradients."""
         self.D_raw.requires_grad_(False)
         with self.accelerator.autocast():
-            if self.joint_batch:
+            if self.objective.joint_batch:
                 logits = self.D_raw(torch.cat([real, fake]), torch.cat([labels, labels]))[len(real):]
             else:
                 logits = self.D_raw(fake, labels)
-            loss_g = self.loss.generator(logits)
+            loss_g = self.objective.loss.generator(logits)
         self.opt_g.zero_grad(set_to_none=True)
         self.accelerator.backward(loss_g)
         self.opt_g.step()
@@ -145,9 +166,9 @@ def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Mo
         D.compile(mode=cfg.train.compile_mode)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     penalties = build_penalties(cfg.loss, accelerator.process_index, accelerator.num_processes)
-    schedule = LinearDecay([opt_g, opt_d], total_steps) if cfg.optim.lr_decay == "linear" and total_steps else None
-    return GANStep(accelerator, G, D, opt_g, opt_d, build_loss(cfg.loss), cfg.loss.joint_batch, penalties, schedule,
-                   cfg.optim.d_steps)
+    objective = Objective(build_loss(cfg.loss), penalties, cfg.loss.joint_batch)
+    decay = LinearDecay([opt_g, opt_d], total_steps) if cfg.optim.lr_decay == "linear" and total_steps else None
+    return GANStep(accelerator, G, D, opt_g, opt_d, objective, Schedule(decay, cfg.optim.d_steps))
 
 
 def build_optimizer(params, lr: float, cfg: OptimConfig, capturable: bool) -> torch.optim.Optimizer:

@@ -185,9 +185,9 @@ class Trainer:
             with self.clock.paused():
                 stop, values = self.evaluate()
         means = self.epoch_stats.mean(self.accelerator, self.epoch_steps)
-        health = Health(means["D_x"], means["D_G_z"], means["loss_D"], self.gan.loss.real_target,
-                        self.gan.loss.fake_target, sample_spread(self.G, self.sample_noise) / self.real_spread,
-                        values.get("classes_covered"))
+        loss = self.gan.objective.loss
+        health = Health(means["D_x"], means["D_G_z"], means["loss_D"], loss.real_target, loss.fake_target,
+                        sample_spread(self.G, self.sample_noise) / self.real_spread, values.get("classes_covered"))
         self.log.scalars({**health.scalars(), "epoch": epoch + 1}, step=self.step)
         self.log.info(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {health.verdict()}")
         self.epoch_stats.zero_()

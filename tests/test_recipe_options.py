@@ -169,7 +169,7 @@ def test_linear_lr_decay_follows_the_step():
     assert gan.opt_g.param_groups[0]["lr"] == pytest.approx(3e-4)
     steady = build_gan_step(load_config(None, TINY), Accelerator(cpu=True), *build_models(28, 16, 8, 8),
                             cuda_graphs=False, total_steps=4)
-    assert steady.lr_schedule is None
+    assert steady.schedule.lr_decay is None
 
 
 def test_d_steps_update_g_on_every_kth_step_only():

@@ -204,7 +204,7 @@ def test_one_step_updates_d_then_g_and_names_its_stats():
     with torch.no_grad():
         fake_before = G(z)  # the fakes D trains on (BatchNorm in training mode, as in the step)
         real_logits, fake_logits = D(real), D(fake_before)
-    expected_loss_d = step.loss.discriminator(real_logits, fake_logits)
+    expected_loss_d = step.objective.loss.discriminator(real_logits, fake_logits)
     stats = step(real, LABELS, z)
     named = stats.mean(step.accelerator, count=1)
     assert list(named) == ["loss_D", "loss_G", "D_x", "D_G_z"]
@@ -216,7 +216,7 @@ def test_one_step_updates_d_then_g_and_names_its_stats():
     assert all(p.requires_grad for p in D.parameters())                            # D unfrozen after G's phase
     # G's update used D after D's update: its loss is -log D_new(G_old(z))
     with torch.no_grad():
-        assert named["loss_G"] == pytest.approx(step.loss.generator(D(fake_before)).item(), rel=1e-4)
+        assert named["loss_G"] == pytest.approx(step.objective.loss.generator(D(fake_before)).item(), rel=1e-4)
 
 
 def test_hinge_loss_values_and_a_hinge_step():
@@ -229,7 +229,7 @@ def test_hinge_loss_values_and_a_hinge_step():
     assert loss.real_target == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item()) == 1 - loss.fake_target
     step = tiny_gan_step(["loss.name=hinge"])
     stats = step(torch.rand(8, 1, 28, 28) * 2 - 1, LABELS, torch.randn(8, 16))
-    assert isinstance(step.loss, Hinge) and torch.isfinite(stats.values).all()
+    assert isinstance(step.objective.loss, Hinge) and torch.isfinite(stats.values).all()
 
 
 def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
