@@ -62,7 +62,12 @@ def slurm_env():
 def pytest_itemcollected(item):
     """pytest-xdist runs the suite on 2 workers (pytest.ini: --dist loadgroup). Each module's tests stay on one
     worker, in order, so a module fixture (a short training run, the README's scratch checkout) is built once; the
-    modules that start the local SLURM cluster share one worker, since one cluster can run on a machine at a time.
+    modules that start the local SLURM cluster share one worker, since one cluster can run on a machine at a time,
+    and so do the modules that judge with real_classifier, which then trains once.
     (Marked as each test is collected: xdist reads the groups in its own collection hook.)"""
     module = item.module.__name__
-    item.add_marker(pytest.mark.xdist_group("slurm" if module in ("test_slurm", "test_readme") else module))
+    item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
+
+
+SHARED_WORKER = {"test_slurm": "slurm", "test_readme": "slurm",
+                 "test_evaluation": "real_classifier", "test_quality": "real_classifier"}
