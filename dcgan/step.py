@@ -138,13 +138,18 @@ class LinearDecay:
     the run's steps. A function of the step alone: nothing to save, exact on resume."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], total_steps: int):
-        self.groups = [(group, group["lr"]) for opt in optimizers for group in opt.param_groups]
+        # The groups are looked up at every step: a resume's load_state_dict replaces an optimizer's group dicts.
+        self.optimizers = optimizers
+        self.configured = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
         self.total_steps = total_steps
 
+    def scale(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.total_steps)
+
     def __call__(self, step: int) -> None:
-        scale = max(0.0, 1.0 - step / self.total_steps)
-        for group, lr in self.groups:
-            group["lr"] = lr * scale
+        for opt, rates in zip(self.optimizers, self.configured):
+            for group, lr in zip(opt.param_groups, rates):
+                group["lr"] = lr * self.scale(step)
 
 
 def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Module, cuda_graphs: bool,

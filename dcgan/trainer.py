@@ -109,6 +109,20 @@ class Trainer:
         self.clock.load_state_dict(state.get("train_seconds", 0.0))
         self.step = self.gan.steps = state["step"]
         self.log.info(f"resumed from {path} at step {self.step}")
+        self.note_replanned_decay(state["config"])
+
+    def note_replanned_decay(self, saved_config: dict) -> None:
+        """optim.lr_decay follows step / the run's total steps, so a resume with another length re-plans it: an
+        18-epoch run resumed with train.epochs=36 goes on at half its rate, not near 0. Worth a line in the log."""
+        decay, saved = self.gan.schedule.lr_decay, saved_config.get("train", {})
+        planned = saved.get("epochs", 0) * self.plan.steps_per_epoch
+        if saved.get("max_steps"):
+            planned = min(planned, saved["max_steps"])
+        if decay and planned and planned != self.plan.total_steps:
+            self.log.info(f"optim.lr_decay=linear now spans {self.plan.total_steps} steps, not the {planned} this run "
+                          f"was started with: the learning rates go on at {decay.scale(self.step):.2f} of their "
+                          f"configured values instead of {max(0.0, 1 - self.step / planned):.2f} (to compare run "
+                          f"lengths, train each from the start)")
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:

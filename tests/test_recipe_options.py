@@ -128,27 +128,57 @@ def test_ema_copies_g_until_its_start_step():
         assert same == (step < 3), f"step {step}"
 
 
+def save(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def test_penalized_training_resumes_exactly(mnist_root, tmp_path):
-    """Trainer state after 3 steps -> a fresh Trainer: the next step (lazy R1 due at even steps only) is the same."""
+    """Trainer state after 3 steps -> a fresh Trainer: the next step (lazy R1 due at even steps only, the decayed
+    learning rate of step 3, not the saved one of step 2) is the same."""
     cfg = load_config(None, TINY + PENALIZED + [f"data.root={mnist_root}", "model.conditional=true",
-                                                "model.d_conditioning=input"])
+                                                "model.d_conditioning=input", "optim.lr_decay=linear",
+                                                "train.max_steps=4"])
     first = make_trainer(cfg, mnist_root, tmp_path / "first")
     for _ in range(3):
         stats = first.step_fn(*first.batches.batch(first.step), first.noise.next())
         first.step += 1
     assert torch.isfinite(stats.values).all() and first.gan.steps == 3
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
     second = make_trainer(cfg, mnist_root, tmp_path / "second")
-    second.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True), tmp_path / "ckpt.pt")
+    second.load_state_dict(torch.load(io.BytesIO(save(first.state_dict())), weights_only=True), tmp_path / "ckpt.pt")
     assert second.gan.steps == 3
     rng = torch.get_rng_state()  # the saved one: the gradient penalty's mixing weights come from it
     for t in (first, second):
         torch.set_rng_state(rng)
         t.step_fn(*t.batches.batch(t.step), t.noise.next())
     assert_same_state(first.state_dict(), second.state_dict())
+    assert [t.gan.opt_g.param_groups[0]["lr"] for t in (first, second)] == [cfg.optim.lr_g * 0.25] * 2
     first.log.close()
     second.log.close()
+
+
+def test_a_resume_that_changes_the_run_length_says_the_decay_moved(mnist_root, tmp_path):
+    """Resuming a 4-step decaying run with train.max_steps=8 re-plans the decay: the rate at step 2 is 0.75 of
+    the configured one, not 0.5. The log says so; a resume with the same length says nothing."""
+    def trainer(max_steps: int, name: str):
+        cfg = load_config(None, TINY + [f"data.root={mnist_root}", "optim.lr_decay=linear",
+                                        f"train.max_steps={max_steps}"])
+        return make_trainer(cfg, mnist_root, tmp_path / name)
+
+    first = trainer(4, "first")
+    for _ in range(2):
+        first.step_fn(*first.batches.batch(first.step), first.noise.next())
+        first.step += 1
+    saved = torch.load(io.BytesIO(save(first.state_dict())), weights_only=True)
+    for max_steps, name in ((4, "same"), (8, "longer")):
+        resumed = trainer(max_steps, name)
+        resumed.load_state_dict(saved, tmp_path / "ckpt.pt")
+        resumed.log.close()
+    assert "lr_decay" not in (tmp_path / "same" / "train.log").read_text()
+    assert ("now spans 8 steps, not the 4 this run was started with: the learning rates go on at 0.75 of their "
+            "configured values instead of 0.50") in (tmp_path / "longer" / "train.log").read_text()
+    first.log.close()
 
 
 def test_linear_lr_decay_follows_the_step():
