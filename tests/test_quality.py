@@ -9,7 +9,9 @@ from pathlib import Path
 from support import ROOT, SHARED, only_run_dir, subprocess_env
 
 STEPS = 300
-BOUND = 350.0  # with the real_classifier judge, 2026-12-01 (bf16, 2-core CPU): default 238.8, seeds' recipe 918.5
+# With the real_classifier judge, 2026-12-01 (bf16, 2-core CPU): default 465.4 (its lr decays to 0 over these 300
+# steps; 238.8 at a constant lr), seeds' recipe 918.5.
+BOUND = 650.0
 
 
 def clf_fid_after_steps(config: str, judge: Path, out: Path) -> float:
