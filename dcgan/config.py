@@ -248,23 +248,26 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A config file's sections as a dict, named after the file unless it names itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
+    try:
+        values = read_yaml(path) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, loss, train)")
+    values.setdefault("name", path.stem)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- overrides, then validate."""
-    cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
-        try:
-            values = read_yaml(path) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, loss, train)")
-        values.setdefault("name", path.stem)
-        _update(cfg, values)
+    cfg = config_from_dict(read_config_file(path) if path is not None else {})
     for text in overrides:
         _update(cfg, parse_override(text))
     validate(cfg)
