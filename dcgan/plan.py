@@ -103,7 +103,10 @@ def plan_run(cfg: Config, world_size: int, rank: int, num_images: int, cuda: boo
     graphs = cfg.train.cuda_graphs and cuda and world_size == 1
     if cuda:
         check_cuda_options(cfg, graphs)
-    total = cfg.train.epochs * per_epoch
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
+    total = planned_steps(cfg.train.epochs, cfg.train.max_steps, per_epoch)
     return RunPlan(world_size, rank, batch // world_size, per_epoch, total, graphs)
+
+
+def planned_steps(epochs: int, max_steps: int, per_epoch: int) -> int:
+    """A run's length in steps: its epochs, cut at train.max_steps when that is set."""
+    return min(epochs * per_epoch, max_steps) if max_steps else epochs * per_epoch

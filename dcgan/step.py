@@ -143,13 +143,15 @@ class LinearDecay:
         self.configured = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
         self.total_steps = total_steps
 
-    def scale(self, step: int) -> float:
-        return max(0.0, 1.0 - step / self.total_steps)
+    def scale(self, step: int, total_steps: int | None = None) -> float:
+        """The fraction of the configured rates at `step` of a run of total_steps (default: this run's)."""
+        return max(0.0, 1.0 - step / (total_steps or self.total_steps))
 
     def __call__(self, step: int) -> None:
+        scale = self.scale(step)
         for opt, rates in zip(self.optimizers, self.configured):
             for group, lr in zip(opt.param_groups, rates):
-                group["lr"] = lr * self.scale(step)
+                group["lr"] = lr * scale
 
 
 def build_gan_step(cfg: Config, accelerator: Accelerator, G: nn.Module, D: nn.Module, cuda_graphs: bool,

@@ -21,7 +21,7 @@ from .data import Digits, ShardedBatches
 from .ema import EmaGenerator
 from .models import models_for
 from .noise import LatentNoise, fixed_noise, global_rng_state, grid_labels, load_global_rng_state
-from .plan import RunPlan
+from .plan import RunPlan, planned_steps
 from .preemption import StopRequest
 from .health import Health, sample_spread, spread
 from .memory import peak_memory
@@ -115,13 +115,11 @@ class Trainer:
         """optim.lr_decay follows step / the run's total steps, so a resume with another length re-plans it: an
         18-epoch run resumed with train.epochs=36 goes on at half its rate, not near 0. Worth a line in the log."""
         decay, saved = self.gan.schedule.lr_decay, saved_config.get("train", {})
-        planned = saved.get("epochs", 0) * self.plan.steps_per_epoch
-        if saved.get("max_steps"):
-            planned = min(planned, saved["max_steps"])
+        planned = planned_steps(saved.get("epochs", 0), saved.get("max_steps", 0), self.plan.steps_per_epoch)
         if decay and planned and planned != self.plan.total_steps:
             self.log.info(f"optim.lr_decay=linear now spans {self.plan.total_steps} steps, not the {planned} this run "
                           f"was started with: the learning rates go on at {decay.scale(self.step):.2f} of their "
-                          f"configured values instead of {max(0.0, 1 - self.step / planned):.2f} (to compare run "
+                          f"configured values instead of {decay.scale(self.step, planned):.2f} (to compare run "
                           f"lengths, train each from the start)")
 
     # ---- the loop --------------------------------------------------------------------------------------------
