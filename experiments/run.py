@@ -28,6 +28,8 @@ from .sweep import REPO, Member, Sweep, SweepError, load_sweep
 TRAIN = REPO / "train_ddp.py"
 # Settings a member's config.yaml may differ in from its sweep file and still be the same member.
 RUN_KEYS = {"train.run_dir", "train.resume"}
+# Settings that name a file or folder: two spellings of one place (../shared/data, /work/shared/data) are the same.
+PATH_KEYS = {"data.root", "train.out_dir", "eval.classifier_weights", "eval.inception_weights"}
 
 
 def member_args(sweep: Sweep, member: Member) -> list[str]:
@@ -47,12 +49,19 @@ def finished(sweep: Sweep, member: Member) -> bool:
     recorded = recorded_settings(saved)
     wanted = flatten(member.config.to_dict())
     ignored = RUN_KEYS | ({"train.mixed_precision"} if wanted["train.mixed_precision"] == "auto" else set())
-    differing = [k for k in wanted if k not in ignored and str(recorded.get(k)) != str(wanted[k])]
+    differing = [k for k in wanted if k not in ignored and not same_setting(k, recorded.get(k), wanted[k])]
     if differing:
         shown = ", ".join(f"{k} {recorded.get(k)} there, {wanted[k]} here" for k in differing[:3])
         raise SweepError(f"{run_dir} was made with other settings ({shown}): move it away, or give this sweep "
                          f"another train.out_dir")
     return (run_dir / "generator.pt").is_file()
+
+
+def same_setting(key: str, recorded, wanted) -> bool:
+    """Whether a run dir's recorded value is the member's (paths compared as the places they name, from here)."""
+    if key in PATH_KEYS and recorded and wanted:
+        return os.path.realpath(str(recorded)) == os.path.realpath(str(wanted))
+    return str(recorded) == str(wanted)
 
 
 def preflight(member: Member) -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -105,7 +106,10 @@ def test_running_again_skips_finished_members(sweep):
     settings = yaml.safe_load(saved.read_text())
     del settings["model"]["d_norm"]
     saved.write_text(yaml.safe_dump(settings))
-    result = run_sweep(sweep["file"], *sweep["args"])
+    # and the data folder spelled another way is the same folder
+    root = next(a.split("=", 1)[1] for a in sweep["args"] if a.startswith("data.root="))
+    other_spelling = f"data.root={root}/../{Path(root).name}"
+    result = run_sweep(sweep["file"], *sweep["args"], other_spelling)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("finished, skipped") == 3
     assert {p: p.read_bytes() for p in logs} == logs
