@@ -7,8 +7,8 @@
 # DATA holds MNIST/raw/ (torchvision layout); INCEPTION is torch-fidelity's FID Inception weights (needed by
 # `quality` only; a float16 copy also loads). Each stage prints its figures and keeps a log in $OUT/<stage>.log;
 # the quality run's directory goes to $RUNS (default $OUT/runs).
-#   tests    the CUDA tests (fp16 loss scaling, CUDA RNG across resume, CUDA-graph steps vs eager steps,
-#            SyncBatchNorm on 2 processes)
+#   tests    the CUDA tests (fp16 loss scaling, the penalized recipe in fp16, CUDA RNG across resume, CUDA-graph
+#            steps vs eager steps, SyncBatchNorm on 2 processes)
 #   speed    ours vs the canonical DCGAN loop, 64x64, batch 128, fp16: `ratio ours/reference`
 #   profile  GPU busy vs wall time per step at batch 128, eager and as a CUDA graph (is the step launch-bound?)
 #   grid     fp32/fp16/bf16 x speed options at batch 128: img/s, TFLOP/s, peak memory

@@ -31,6 +31,21 @@ def test_fp16_training_with_loss_scaling(mnist_root, tmp_path, conditional):
     assert "amp/loss_scale" in events.Tags()["scalars"]
 
 
+def test_fp16_training_with_the_penalized_recipe(mnist_root, tmp_path):
+    """The mnist32 recipe's step in fp16 (eager: none of it can be captured): lazy R1's double backward under the
+    loss scaler, RMSprop, a decaying learning rate. A penalty that overflowed in fp16 would make the scaler skip
+    its steps: most steps must update D."""
+    run_train(ON_GPU + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=2",
+                        "train.mixed_precision=fp16", "train.cuda_graphs=false", "model.d_norm=none",
+                        "loss.r1_gamma=1", "loss.r1_every=4", "optim.name=rmsprop", "optim.lr_decay=linear"])
+    run_dir = only_run_dir(tmp_path)
+    assert "CUDA graphs False" in (run_dir / "train.log").read_text()
+    state = load_ckpt(run_dir)
+    assert state["step"] == 32 and finite(state["generator"]) and finite(state["discriminator"])
+    skipped = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("amp/skipped_steps_D")[-1].value
+    assert skipped < 16, f"the loss scaler skipped {skipped:.0f} of 32 D steps"
+
+
 def test_resume_on_gpu_continues_the_cuda_noise_stream(mnist_root, tmp_path):
     common = ON_GPU + [f"data.root={mnist_root}", "train.epochs=100", "train.max_steps=20", "train.keep_last=100"]
     run_train(common + [f"train.out_dir={tmp_path / 'straight'}"])
