@@ -197,7 +197,8 @@ def test_shipped_studies_list_their_members(capsys, monkeypatch):
         assert run_cli.main([f"configs/experiments/{path.name}", "--list"]) == 0
         counts[path.stem] = len(capsys.readouterr().out.splitlines())
     assert counts == {"baseline": 3, "architecture": 4, "hyperparameters": 16, "precision": 2, "conditional": 3,
-                      "recipe": 23, "recipe_finalists": 9, "recipe64": 9}
+                      "recipe": 23, "recipe_finalists": 9, "recipe64": 9,
+                      "recipe64_finalists": 4}
 
 
 def test_report_reads_runs_made_without_the_runner(tmp_path, mnist_root, capsys):
