@@ -2,11 +2,11 @@
 # Every GPU figure of BENCHMARKS.md, stage by stage; each stage fits in ~10 minutes on one H100/H200.
 #
 #   DATA=/path/to/data INCEPTION=/path/weights-inception-2015-12-05-6726825d.pth OUT=bench-out \
-#       bash bench/gpu_suite.sh tests speed profile grid compile batches quality
+#       bash bench/gpu_suite.sh tests speed profile grid compile batches quality study
 #
 # DATA holds MNIST/raw/ (torchvision layout); INCEPTION is torch-fidelity's FID Inception weights (needed by
-# `quality` only; a float16 copy also loads). Each stage prints its figures and keeps a log in $OUT/<stage>.log;
-# the quality run's directory goes to $RUNS (default $OUT/runs).
+# `quality` and `study`; a float16 copy also loads). Each stage prints its figures and keeps a log in
+# $OUT/<stage>.log; the quality and study runs' directories go to $RUNS (default $OUT/runs).
 #   tests    the CUDA tests (fp16 loss scaling, the penalized recipe in fp16, CUDA RNG across resume, CUDA-graph
 #            steps vs eager steps, SyncBatchNorm on 2 processes)
 #   speed    ours vs the canonical DCGAN loop, 64x64, batch 128, fp16: `ratio ours/reference`
@@ -19,6 +19,10 @@
 #            vs MNIST test), at most $QUALITY_EPOCHS epochs (default 15), evaluating every $QUALITY_EVERY epochs
 #            (default 1); $QUALITY_ARGS: more config overrides (e.g. loss.label_smoothing=false). The last
 #            sample grids of G and its EMA are copied to $OUT.
+#   study    a study's members side by side on this GPU ($STUDY, default configs/experiments/recipe64_gpu.yaml;
+#            $STUDY_PARALLEL members at a time, default all; $STUDY_ARGS: overrides for every member), stopped
+#            after $STUDY_SECONDS (default 480) as a preemption stops them (each writes a checkpoint: the same
+#            stage again on the same machine resumes them); its report (table, curves, grids) goes to $OUT either way
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -35,6 +39,25 @@ keep_last_grids() {
     for kind in generator ema real_vs_fake; do
         cp "$(ls "$RUNS"/*/samples/samples_$kind-*.png | tail -1)" "$OUT/" || return 1
     done
+}
+
+# The study stage: members in $RUNS/<study>/, time-boxed by `timeout` (SIGTERM: experiments.run stops its members
+# the way SLURM's preemption does), then `experiments.report` on whatever they reached.
+run_study() {
+    local study=${STUDY:-configs/experiments/recipe64_gpu.yaml} members folder status file
+    local settings=(data.root="$DATA" data.download=false train.out_dir="$RUNS"
+                    eval.inception_weights="${INCEPTION:?set INCEPTION for the study stage}" ${STUDY_ARGS:-})
+    members=$($PY -m experiments.run "$study" "${settings[@]}" --list) || return 1   # index, name, run dir
+    folder=$(dirname "$(head -1 <<<"$members" | cut -f3)")
+    timeout -k 60 "${STUDY_SECONDS:-480}" $PY -m experiments.run "$study" "${settings[@]}" --no-report \
+        --parallel "${STUDY_PARALLEL:-$(wc -l <<<"$members")}"
+    status=$?
+    $PY -m experiments.report "$folder" --target 10 || return 1
+    for file in report.md report.json quality.png samples.png; do
+        [ ! -f "$folder/$file" ] || cp "$folder/$file" "$OUT/" || return 1
+    done
+    cat "$folder/report.md"
+    return $status
 }
 
 run_stage() {
@@ -57,7 +80,8 @@ run_stage() {
                      eval.metrics=fid eval.best_metric=fid eval.target=10 \
                      eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" ${QUALITY_ARGS:-} \
                  && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log && keep_last_grids ;;
-        *)       echo "unknown stage '$stage': use tests speed profile grid compile batches quality"; return 2 ;;
+        study)   run_study ;;
+        *)       echo "unknown stage '$stage': use tests speed profile grid compile batches quality study"; return 2 ;;
     esac
 }
 

@@ -153,6 +153,27 @@ def test_an_interrupted_member_resumes(tmp_path, mnist_root, tiny_classifier):
     assert all(row["finished"] for row in json.loads((folder / "report.json").read_text()))
 
 
+def test_gpu_suite_study_stage_stops_at_its_time_limit_and_reports(tmp_path, mnist_root, tiny_classifier):
+    """`bash bench/gpu_suite.sh study` as a GPU session runs it, on the CPU: the study's members start side by side,
+    STUDY_SECONDS stops them as a preemption does (each writes a checkpoint, neither finishes), and the report of
+    what they reached lands in $OUT; the stage's status says the study is unfinished."""
+    path = tiny_sweep(tmp_path, tiny_classifier, [{"name": "a"}, {"name": "b", "overrides": {"optim.lr_g": 1.0e-4}}],
+                      epochs=100000, evaluation={"every_epochs": 0})
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {**subprocess_env(), "PYTHON": sys.executable, "DATA": str(mnist_root), "INCEPTION": "unused.pth",
+           "OUT": str(out), "RUNS": str(runs), "STUDY": path, "STUDY_SECONDS": "30"}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "study"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1 and "stopped by signal 15: run the same command to resume" in log, log[-3000:]
+    rows = json.loads((out / "report.json").read_text())
+    assert [(r["name"], r["finished"]) for r in rows] == [("a", False), ("b", False)]
+    for name in ("a", "b"):  # both ran at once: with one at a time, b would not have started
+        assert "on SIGTERM: checkpoint written" in (runs / "tiny" / name / "train.log").read_text()
+        assert load_ckpt(runs / "tiny" / name)["step"] > 0
+    assert (out / "report.md").read_text().count("| no |") == 2 and (out / "samples.png").read_bytes()[:8] == PNG
+
+
 BAD_SWEEPS = [
     ("base: configs/mnist32.yaml\nmembers: [{name: a}]\nbogus: 1\n", "unknown key 'bogus'"),
     ("base: configs/mnist32.yaml\nmembers: [{name: a, overides: {}}]\n", "members[0]: unknown key 'overides'"),
@@ -198,7 +219,7 @@ def test_shipped_studies_list_their_members(capsys, monkeypatch):
         counts[path.stem] = len(capsys.readouterr().out.splitlines())
     assert counts == {"baseline": 3, "architecture": 4, "hyperparameters": 16, "precision": 2, "conditional": 3,
                       "recipe": 23, "recipe_finalists": 9, "recipe64": 9,
-                      "recipe64_finalists": 4}
+                      "recipe64_finalists": 4, "recipe64_gpu": 3}
 
 
 def test_report_reads_runs_made_without_the_runner(tmp_path, mnist_root, capsys):
