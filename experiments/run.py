@@ -7,7 +7,9 @@
 Members run one after another on this machine (on a machine with several GPUs, one per GPU at a time), each as
 `train_ddp.py` in runs/<sweep>/<member>/ with train.resume=latest. Running the command again skips finished
 members and resumes an interrupted one from its last checkpoint; a member made with other settings is an error
-(move it, or set train.out_dir). slurm/sweep.sbatch runs the same members as a SLURM job array.
+(move it, or set train.out_dir), and so is a member's run left under an old name (adding seeds to a study names its
+members <member>-seed<k>): the error names the `mv` that keeps it. slurm/sweep.sbatch runs the same members as a
+SLURM job array.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from evaluation.common import EvaluationError
 from .sweep import REPO, Member, Sweep, SweepError, load_sweep
 
 TRAIN = REPO / "train_ddp.py"
-# Settings a member's config.yaml may differ in from its sweep file and still be the same member.
-RUN_KEYS = {"train.run_dir", "train.resume"}
+# Settings a member's config.yaml may differ in from its sweep file and still be the same member: where its run
+# dir is and what it is called (a run moved to its member's new name keeps its old name in its config.yaml).
+RUN_KEYS = {"name", "train.run_dir", "train.resume"}
 # Settings that name a file or folder: two spellings of one place (../shared/data, /work/shared/data) are the same.
 PATH_KEYS = {"data.root", "train.out_dir", "eval.classifier_weights", "eval.inception_weights"}
 
@@ -43,18 +46,38 @@ def finished(sweep: Sweep, member: Member) -> bool:
     the member's is a SweepError: resuming or skipping it would mix two experiments (auto precision matches
     what it resolved to)."""
     run_dir = member.run_dir(sweep.name)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not (run_dir / "config.yaml").is_file():
         return False
-    recorded = recorded_settings(saved)
-    wanted = flatten(member.config.to_dict())
-    ignored = RUN_KEYS | ({"train.mixed_precision"} if wanted["train.mixed_precision"] == "auto" else set())
-    differing = [k for k in wanted if k not in ignored and not same_setting(k, recorded.get(k), wanted[k])]
+    differing = settings_differing(run_dir, member)
     if differing:
-        shown = ", ".join(f"{k} {recorded.get(k)} there, {wanted[k]} here" for k in differing[:3])
+        shown = ", ".join(f"{k} {there} there, {here} here" for k, there, here in differing[:3])
         raise SweepError(f"{run_dir} was made with other settings ({shown}): move it away, or give this sweep "
                          f"another train.out_dir")
     return (run_dir / "generator.pt").is_file()
+
+
+def settings_differing(run_dir: Path, member: Member) -> list[tuple[str, object, object]]:
+    """(key, the run dir's value, the member's) of every setting in which a run dir is not the member's run."""
+    recorded = recorded_settings(run_dir / "config.yaml")
+    wanted = flatten(member.config.to_dict())
+    ignored = RUN_KEYS | ({"train.mixed_precision"} if wanted["train.mixed_precision"] == "auto" else set())
+    return [(k, recorded.get(k), wanted[k]) for k in wanted
+            if k not in ignored and not same_setting(k, recorded.get(k), wanted[k])]
+
+
+def check_renamed(sweep: Sweep, members: list[Member]) -> None:
+    """A member without a run dir whose run sits in its sweep's folder under a name no member has (the study's
+    members were renamed: adding seeds names them <member>-seed<k>) is a SweepError that says where to move it:
+    running it again would spend the run's time twice, and the report would count it twice."""
+    member_dirs = {m.run_dir(sweep.name) for m in sweep.members}
+    for member in members:
+        run_dir = member.run_dir(sweep.name)
+        if run_dir.exists():
+            continue
+        for other in sorted(p.parent for p in run_dir.parent.glob("*/config.yaml")):
+            if other not in member_dirs and not settings_differing(other, member):
+                raise SweepError(f"{other} is member {member.name}'s run under an old name: `mv {other} {run_dir}` "
+                                 f"to keep it, or move it out of {run_dir.parent} to run the member again")
 
 
 def same_setting(key: str, recorded, wanted) -> bool:
@@ -154,6 +177,7 @@ def main(argv=None) -> int:
                 print(f"{index}\t{member.name}\t{member.run_dir(sweep.name)}")
             return 0
         done = {m.name for m in members if finished(sweep, m)}
+        check_renamed(sweep, [m for m in members if m.name not in done])
         if args.print_args:
             if args.member is None:
                 raise SweepError("--print-args needs --member NAME|INDEX")

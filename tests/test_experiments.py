@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,29 @@ def test_running_again_skips_finished_members(sweep):
 def test_a_member_made_with_other_settings_is_one_line(sweep, capsys):
     message = cli_error(run_cli.main, [sweep["file"], *sweep["args"], "train.epochs=3"], capsys)
     assert "was made with other settings (train.epochs 2 there, 3 here)" in message
+
+
+def test_a_run_under_a_members_old_name_is_moved_not_run_again(sweep, tmp_path, capsys):
+    """Adding seeds to a study names its members <member>-seed<k>: the run made as `adam` is seed 0's, and the
+    runner says where to move it instead of training seed 0 again (and the report counting seed 0 twice)."""
+    spec = yaml.safe_load(Path(sweep["file"]).read_text())
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**spec, "members": [{"name": "adam"}], "seeds": [0, 1]}, sort_keys=False))
+    old, new = sweep["folder"] / "adam", sweep["folder"] / "adam-seed0"
+    message = cli_error(run_cli.main, [str(path), *sweep["args"]], capsys)
+    assert f"{old} is member adam-seed0's run under an old name: `mv {old} {new}` to keep it" in message
+    assert not new.exists()
+    shutil.copytree(old, new)  # the move, on a copy: the module's other tests read this folder as it was
+    try:
+        for member, expected in (("adam-seed0", ""), ("adam-seed1", "train.seed=1")):
+            capsys.readouterr()
+            assert run_cli.main([str(path), *sweep["args"], "--member", member, "--print-args"]) == 0
+            printed = capsys.readouterr().out
+            # seed 0 is finished under its new name (its config.yaml still says `adam`); seed 1, which has no run
+            # under any name, is not mistaken for it
+            assert (expected in printed) if expected else printed == ""
+    finally:
+        shutil.rmtree(new)
 
 
 EPOCHS = 16  # of 16 tiny steps: seconds of training, time enough to stop it after its first checkpoint
