@@ -6,20 +6,28 @@ Prints the background (per-image median pixel) and stroke (per-image 99th percen
 samples in [-1, 1] (real digits: -1 and ~+1), then D's mean probability of "real" for real test digits as they
 are and with their black lifted to L/255: as training shows images to D by default (a batch of reals, a separate
 batch of fakes: BatchNorm normalizes each on its own), and as one joint batch (loss.joint_batch), both with D's
-BatchNorm in training mode as in a training step.
+BatchNorm in training mode as in a training step. Then what the MNIST classifier (the judge of clf_fid and
+coverage) reads in real test digits with their black lifted to L/255, and in the EMA's samples with pixels darker
+than L/255 set to black: a grey background alone makes it read every digit as one class, which says whether a run
+that "covers 2 classes" collapsed or only has a grey background.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from dcgan.checkpoint import CheckpointError, load_checkpoint
 from dcgan.data import DataError, load_mnist_uint8, to_training_images
 from dcgan.loading import build_discriminator, generator_from
+from evaluation.classifier import find_weights, load_classifier
 from evaluation.common import EvaluationError
 from evaluation.fid import checkpoints_to_evaluate
+from evaluation.metrics import classify, coverage, generate, to_uint8_rgb
+
+JUDGED = 1000  # real digits and samples the classifier reads at each level (a class counts from 1% of them)
 
 
 def lift_black(images: torch.Tensor, level: int) -> torch.Tensor:
@@ -43,12 +51,38 @@ def d_real_probability(D: torch.nn.Module, real: torch.Tensor, other: torch.Tens
     return torch.sigmoid(real_logits).mean().item(), torch.sigmoid(other_logits).mean().item()
 
 
+def blacken(images: torch.Tensor, level: int) -> torch.Tensor:
+    """uint8 images with every pixel darker than level/255 set to black: a background below it removed."""
+    return images.masked_fill(images < level, 0)
+
+
+def judge(path: str | None) -> Path | None:
+    """The classifier's weights, checked to load: `path` (missing or not a classifier: an EvaluationError), else
+    the cached classifier, else None."""
+    if not path:
+        try:
+            path = find_weights(None)
+        except EvaluationError:
+            return None
+    load_classifier(path)
+    return Path(path)
+
+
+def reading(images: torch.Tensor, weights: Path) -> str:
+    """The classifier's reading of uint8 images: classes covered, and the top class with its share."""
+    stats = coverage(classify(images, weights, torch.device("cpu")))
+    shares, covered = torch.tensor(stats["histogram"]), stats["classes_covered"]
+    return f"{covered} class{'es' if covered != 1 else ''}, top {shares.argmax().item()} at {shares.max().item():.2f}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a ckpt-*.pt")
     parser.add_argument("--data-root", default="data", help="folder holding MNIST/raw/ (default: data)")
     parser.add_argument("--levels", default="16,32,64", help="backgrounds to try, in 1/255 (default: 16,32,64)")
     parser.add_argument("--batch-size", type=int, default=128, help="D's batch of real digits (default: 128)")
+    parser.add_argument("--classifier-weights", help="the MNIST classifier (default: the newest in the cache, as "
+                        "evaluation.fid uses; without one its part is skipped)")
     args = parser.parse_args(argv)
     try:
         path = checkpoints_to_evaluate(args.checkpoint, every=False)[0]
@@ -57,8 +91,9 @@ def main(argv=None) -> int:
         config, step = state["config"], state["step"]
         size, nz = config["data"]["image_size"], config["model"]["nz"]
         D = build_discriminator(config, state["discriminator"], path)
-        real = to_training_images(load_mnist_uint8(args.data_root, train=False)[:args.batch_size], size,
-                                  torch.device("cpu"))
+        test_digits = load_mnist_uint8(args.data_root, train=False)
+        real = to_training_images(test_digits[:args.batch_size], size, torch.device("cpu"))
+        weights = judge(args.classifier_weights)
     except (CheckpointError, DataError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +108,16 @@ def main(argv=None) -> int:
             p_real, p_lifted = d_real_probability(D, real, lifted, joint)
             batches = "one joint batch  " if joint else "separate batches"
             print(f"  L={level:3d} {batches}: real {p_real:.3f} lifted {p_lifted:.3f}")
+    if weights is None:
+        print("The classifier's reading is skipped: no classifier (python -m evaluation.classifier trains it)")
+        return 0
+    judged = to_training_images(test_digits[:JUDGED], size, torch.device("cpu"))
+    samples = generate(ema, nz, JUDGED, seed=0)
+    print(f"The classifier ({weights.name}): {JUDGED} real test digits with black lifted to L/255, and {JUDGED} EMA "
+          f"samples with pixels darker than L/255 set to black:")
+    for level in (0, *(int(v) for v in args.levels.split(","))):
+        print(f"  L={level:3d} real digits: {reading(to_uint8_rgb(lift_black(judged, level)), weights)}; "
+              f"EMA samples: {reading(blacken(samples, level), weights)}")
     return 0
 
 

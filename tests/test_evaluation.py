@@ -1,6 +1,7 @@
 """Evaluation: torch-fidelity metrics, the MNIST classifier's metrics, the CLI, and evaluation during training."""
 import json
 import math
+import re
 from dataclasses import asdict
 import subprocess
 import sys
@@ -112,6 +113,28 @@ def test_coverage_detects_a_collapsed_generator(real_classifier, tmp_path):
     rows = {r.metric: r.value for r in classifier_metrics(ones, ones, "ones", ["coverage"], str(real_classifier),
                                                            CPU, 500, 0, tmp_path)}
     assert rows["classes_covered"] == 1 and rows["kl_to_uniform"] > 2
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_a_grey_background_alone_makes_the_classifier_read_one_class(short_run, real_classifier):
+    """Why few classes covered is not proof of a collapse (dcgan/health.py): `python -m evaluation.grey_probe` shows
+    real test digits, every class present, read as one class once their black is lifted to grey; setting the
+    pixels below that grey back to black brings their classes back."""
+    result = subprocess.run([sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(short_run),
+                             "--data-root", str(SHARED_DATA), "--levels", "64", "--classifier-weights",
+                             str(real_classifier)], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    read = {int(level): (int(classes), float(share)) for level, classes, share in
+            re.findall(r"L= *(\d+) real digits: (\d+) class(?:es)?, top \d at ([\d.]+)", result.stdout)}
+    assert read[0][0] == 10 and read[0][1] < 0.2, result.stdout
+    assert read[64][0] <= 2 and read[64][1] >= 0.9, result.stdout
+    from evaluation.grey_probe import blacken, lift_black
+    from evaluation.metrics import classify, to_uint8_rgb
+    grey = to_uint8_rgb(lift_black(real_images(SHARED_DATA, "test", 28, 1000)[:, :1].float() / 127.5 - 1, 64))
+    restored = coverage(classify(blacken(grey, 65), real_classifier, CPU))
+    assert restored["classes_covered"] == 10 and restored["kl_to_uniform"] < 0.2, restored
 
 
 def test_reference_statistics_are_cached(tiny_classifier, mnist_root, tmp_path):

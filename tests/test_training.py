@@ -117,19 +117,31 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
     writer.close()
 
 
-def test_grey_probe_reports_levels_and_what_d_sees(short_run, mnist_root):
+def test_grey_probe_reports_levels_and_what_d_sees(short_run, mnist_root, tiny_classifier):
     run_dir = short_run[0]
     result = subprocess.run([sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(run_dir),
-                             "--data-root", str(mnist_root), "--levels", "32", "--batch-size", "16"],
+                             "--data-root", str(mnist_root), "--levels", "32", "--batch-size", "16",
+                             "--classifier-weights", str(tiny_classifier)],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"{run_dir}/checkpoints/ckpt-") and len(lines) == 6, lines
+    assert lines[0].startswith(f"{run_dir}/checkpoints/ckpt-") and len(lines) == 9, lines
     for line in lines[1:3]:
         background, stroke = float(line.split("background ")[1].split()[0]), float(line.split("stroke ")[1])
         assert -1 <= background <= stroke <= 1
-    for line, joint in zip(lines[4:], (False, True)):
+    for line, joint in zip(lines[4:6], (False, True)):
         assert ("joint" in line) == joint and re.fullmatch(r"  L= 32 .*: real 0\.\d{3} lifted 0\.\d{3}", line), line
+    # the classifier's reading (what it means on real MNIST: tests/test_evaluation.py), at L=0 and each level
+    assert lines[6].startswith(f"The classifier ({tiny_classifier.name}): ")
+    for line, level in zip(lines[7:], (0, 32)):
+        assert re.fullmatch(rf"  L={level:3d} real digits: \d+ class(es)?, top \d at [01]\.\d\d; "
+                            rf"EMA samples: \d+ class(es)?, top \d at [01]\.\d\d", line), line
+    # weights that are not the classifier's: one line, before any output
+    checkpoint = str(sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1])
+    result = subprocess.run([sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(run_dir),
+                             "--data-root", str(mnist_root), "--classifier-weights", checkpoint],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert "is not an MNIST classifier of this project" in one_line_error(result) and result.stdout == ""
 
 
 def test_health_verdict_judges_d_against_its_targets():
@@ -144,6 +156,12 @@ def test_health_verdict_judges_d_against_its_targets():
     collapsed = Health(d_x=0.75, d_g_z=0.3, spread_ratio=0.1, classes_covered=1, **smoothed)
     assert collapsed.verdict().count("mode collapse") == 2
     assert collapsed.scalars()["health/ok"] == 0.0 and collapsed.scalars()["health/classes_covered"] == 1
+    # few classes while the samples vary as real digits do: the classifier misreading off-MNIST samples (a grey
+    # background), which a collapse verdict would misname; still a warning, under its own name
+    misread = Health(d_x=0.62, d_g_z=0.52, spread_ratio=0.79, classes_covered=2, **smoothed)
+    assert "few classes: the classifier sees 2 of 10 classes, yet the fixed-noise samples vary 0.79x" in misread.verdict()
+    assert "mode collapse" not in misread.verdict() and misread.scalars()["health/ok"] == 0.0
+    assert "mode collapse: the classifier sees 2" in Health(d_x=0.62, d_g_z=0.52, classes_covered=2, **smoothed).verdict()
 
 
 @pytest.mark.slow
