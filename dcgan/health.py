@@ -8,8 +8,8 @@ Two failures a GAN hides behind reasonable-looking losses:
 - Mode collapse: G maps all noise to a few images. The fixed-noise samples then vary far less than real digits
   (per-pixel spread over the batch, no classifier needed), and the classifier sees few classes.
 The classifier alone cannot tell a collapse from samples off MNIST's distribution: early in a run a grey
-background makes it read varied digits as one class (BENCHMARKS.md). So few classes with a normal spread is named
-for what it is, not called a collapse.
+background makes it read varied digits as one class (BENCHMARKS.md). So few classes while the spread is above the
+collapse threshold is named for what is known ("few classes"), not called a collapse.
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ class Health:
         if self.spread_ratio is None or self.spread_ratio < MIN_SPREAD_RATIO:
             return f"mode collapse: {seen}"
         return (f"few classes: {seen}, yet the fixed-noise samples vary {self.spread_ratio:.2f}x as much as real "
-                f"digits: samples off MNIST's distribution (a grey background reads as one digit) more likely than "
-                f"a collapse; look at the sample grid")
+                f"digits: a grey background (the classifier reads any digit on one as an 8) or a partial collapse; "
+                f"the sample grid and python -m evaluation.grey_probe tell which")
 
     def verdict(self) -> str:
         problems = self.problems()

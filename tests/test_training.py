@@ -156,8 +156,8 @@ def test_health_verdict_judges_d_against_its_targets():
     collapsed = Health(d_x=0.75, d_g_z=0.3, spread_ratio=0.1, classes_covered=1, **smoothed)
     assert collapsed.verdict().count("mode collapse") == 2
     assert collapsed.scalars()["health/ok"] == 0.0 and collapsed.scalars()["health/classes_covered"] == 1
-    # few classes while the samples vary as real digits do: the classifier misreading off-MNIST samples (a grey
-    # background), which a collapse verdict would misname; still a warning, under its own name
+    # few classes while the samples vary as real digits do: perhaps the classifier misreading a grey background,
+    # which a collapse verdict would misname; still a warning, under its own name
     misread = Health(d_x=0.62, d_g_z=0.52, spread_ratio=0.79, classes_covered=2, **smoothed)
     assert "few classes: the classifier sees 2 of 10 classes, yet the fixed-noise samples vary 0.79x" in misread.verdict()
     assert "mode collapse" not in misread.verdict() and misread.scalars()["health/ok"] == 0.0
