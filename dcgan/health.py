@@ -66,7 +66,7 @@ class Health:
         if self.spread_ratio is None or self.spread_ratio < MIN_SPREAD_RATIO:
             return f"mode collapse: {seen}"
         return (f"few classes: {seen}, yet the fixed-noise samples vary {self.spread_ratio:.2f}x as much as real "
-                f"digits: a grey background (the classifier reads any digit on one as an 8) or a partial collapse; "
+                f"digits: a grey background (the classifier reads digits on one as 8s) or a partial collapse; "
                 f"the sample grid and python -m evaluation.grey_probe tell which")
 
     def verdict(self) -> str:
