@@ -16,9 +16,9 @@
 #            CUDA graphs (slow to start: its own stage)
 #   batches  fp16 at larger batches, eager and graphed, for the fraction of peak at the best batch size
 #   quality  time to quality: fp16 training until Inception FID <= 10 ($QUALITY_SAMPLES samples, default 10000,
-#            vs MNIST test), at most $QUALITY_EPOCHS epochs (default 15), evaluating every $QUALITY_EVERY epochs
-#            (default 1); $QUALITY_ARGS: more config overrides (e.g. loss.label_smoothing=false). The last
-#            sample grids of G and its EMA are copied to $OUT.
+#            vs MNIST test; their background gap beside it), at most $QUALITY_EPOCHS epochs (default 15), evaluating
+#            every $QUALITY_EVERY epochs (default 1); $QUALITY_ARGS: more config overrides (e.g.
+#            loss.label_smoothing=false). The last sample grids of G and its EMA are copied to $OUT.
 #   study    a study's members side by side on this GPU ($STUDY, default configs/experiments/recipe64_gpu.yaml;
 #            $STUDY_PARALLEL members at a time, default all; $STUDY_ARGS: overrides for every member), stopped
 #            after $STUDY_SECONDS (default 480) as a preemption stops them (each writes a checkpoint: the same
@@ -77,7 +77,7 @@ run_stage() {
         quality) $PY train_ddp.py --config configs/mnist64.yaml data.root="$DATA" data.download=false \
                      train.out_dir="$RUNS" train.mixed_precision=fp16 train.epochs="${QUALITY_EPOCHS:-15}" \
                      eval.every_epochs="${QUALITY_EVERY:-1}" eval.num_samples="${QUALITY_SAMPLES:-10000}" \
-                     eval.metrics=fid eval.best_metric=fid eval.target=10 \
+                     eval.metrics=fid,background eval.best_metric=fid eval.target=10 \
                      eval.inception_weights="${INCEPTION:?set INCEPTION for the quality stage}" ${QUALITY_ARGS:-} \
                  && grep -h -E "eval step|early stopping|done:" "$RUNS"/*/train.log && keep_last_grids ;;
         study)   run_study ;;

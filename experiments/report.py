@@ -43,6 +43,7 @@ class MemberRun:
     final: float | None = None
     classes_covered: float | None = None
     class_accuracy: float | None = None  # conditional models: samples that are the digit asked for
+    background_gap: float | None = None  # the last median background above real digits' (eval metric `background`)
     img_per_s: float | None = None       # median over the run's log windows
     peak_memory_mib: float | None = None
     train_seconds: float | None = None
@@ -62,6 +63,7 @@ def read_member(run_dir: Path, target: float | None) -> MemberRun:
         run.final = quality[-1]
     run.classes_covered = _last(curves.get("eval/classes_covered"))
     run.class_accuracy = _last(curves.get("eval/class_accuracy"))
+    run.background_gap = _last(curves.get("eval/background_gap"))
     rates = curves.get("perf/img_per_s", ([], []))[1]
     run.img_per_s = statistics.median(rates) if rates else None
     memory = curves.get("perf/peak_memory_mib", ([], []))[1]
@@ -146,11 +148,13 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
 def member_table(runs: list[MemberRun], keys: list[str]) -> list[str]:
     metric = runs[0].metric
     accuracy = any(r.class_accuracy is not None for r in runs)  # a column only where a conditional model is
+    background = any(r.background_gap is not None for r in runs)  # and where a member measured its background
     head = ["run", *keys, f"best {metric}", f"final {metric}", "classes", *(["class accuracy"] if accuracy else []),
-            "img/s", "peak MiB", "train s", "s to target", "finished"]
+            *(["background gap"] if background else []), "img/s", "peak MiB", "train s", "s to target", "finished"]
     rows = [[r.name, *(str(r.settings.get(k)) for k in keys), _fmt(r.best), _fmt(r.final), _fmt(r.classes_covered),
-             *([_fmt(r.class_accuracy)] if accuracy else []), _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0),
-             _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0), "yes" if r.finished else "no"] for r in runs]
+             *([_fmt(r.class_accuracy)] if accuracy else []), *([_fmt(r.background_gap, 3)] if background else []),
+             _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0),
+             "yes" if r.finished else "no"] for r in runs]
     return _markdown(head, rows)
 
 
@@ -193,6 +197,8 @@ PANELS = {  # file -> (title, [(tag, y label, x axis)])
     "d_outputs.png": ("D outputs", [("D(x)", "D(x)", "step"), ("D(G(z))", "D(G(z))", "step")]),
     "quality.png": ("Quality", [("eval/{metric}", "{metric}", "step"), ("eval/{metric}", "{metric}", "seconds")]),
 }
+# quality.png's third panel where a member measured `background`: a grey drift shows in its curve, not its last value
+BACKGROUND_PANEL = ("eval/background_gap", "background gap", "step")
 
 
 def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
@@ -202,6 +208,8 @@ def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
     written = []
     for name, (title, panels) in PANELS.items():
+        if name == "quality.png" and any(r.background_gap is not None for r in runs):
+            panels = [*panels, BACKGROUND_PANEL]
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (tag, label, x_axis) in zip(axes[0], panels):
             tag = tag.format(metric=runs[0].metric)

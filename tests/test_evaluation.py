@@ -366,6 +366,8 @@ def test_time_to_quality_stage_of_the_gpu_suite_runs_small_on_the_cpu(mnist_root
     assert "eval step 32 after" in log and "eval step 16 after" not in log  # every 2 epochs of 16 steps
     fid = float(log.split("early stopping at step 32: fid ")[1].split()[0])  # an untrained G: far from real, < 1000
     assert 50 < fid < 1000 and "reached eval.target=1000 after" in log
+    gap = float(re.search(r"eval step 32 after .*background_gap ([-\d.]+)", log).group(1))
+    assert 0 < gap <= 2  # the stage measures the background too: an untrained G's is greyer than real black
     assert sorted(p.name.split("-")[0] for p in out.glob("*.png")) == [
         "samples_ema", "samples_generator", "samples_real_vs_fake"]
 

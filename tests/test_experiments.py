@@ -29,7 +29,7 @@ def tiny_sweep(tmp_path, classifier, members: list[dict], epochs: int = 2, **ext
     spec = {"name": "tiny", "base": "configs/mnist32_seed.yaml",   # Adam and a BatchNorm D: what members change
             "overrides": {**dict(o.split("=", 1) for o in TINY), "train.epochs": epochs,
                           "train.checkpoint_every": 8},
-            "evaluation": {"every_epochs": 1, "metrics": "clf_fid,coverage", "num_samples": 64,
+            "evaluation": {"every_epochs": 1, "metrics": "clf_fid,coverage,background", "num_samples": 64,
                            "classifier_weights": str(classifier)},
             "members": members, **extra}
     path = tmp_path / "tiny.yaml"
@@ -90,14 +90,19 @@ def test_report_table_equals_the_members_own_results(sweep):
         assert row["best"] == pytest.approx(min(fids), rel=1e-3)
         assert row["final"] == pytest.approx(fids[-1], rel=1e-3)
         assert row["classes_covered"] == evaluations[-1]["classes_covered"]
+        assert row["background_gap"] == pytest.approx(evaluations[-1]["background_gap"], abs=1e-4)
         assert row["finished"] and row["img_per_s"] > 0 and row["peak_memory_mib"] > 0 and row["train_seconds"] > 0
         assert f"| {name} |" in table and f"{row['best']:.4g}" in table
+        assert f"| {row['background_gap']:.3f} |" in table
     # the settings that tell members apart, and only those, are columns
     assert set(rows["rmsprop"]["settings"]) == {"optim.name", "model.g_extra_layers"}
+    assert "| background gap |" in table
     for plot in ("losses.png", "d_outputs.png", "quality.png", "samples.png"):
         data = (folder / plot).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, plot
         assert f"({plot})" in table
+    # quality against steps and seconds, and the background gap against steps: three panels, each 6 in at 80 dpi
+    assert int.from_bytes((folder / "quality.png").read_bytes()[16:20], "big") == 3 * 6 * 80
 
 
 def test_running_again_skips_finished_members(sweep):
