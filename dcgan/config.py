@@ -44,6 +44,7 @@ class ModelConfig:
     ngf: int = 64                 # generator width
     ndf: int = 64                 # discriminator width
     g_extra_layers: int = 0       # stride-1 conv + BN + ReLU layers before G's output layer (DCGAN's n_extra_layers)
+    g_output_bias: float = 0.0    # G's output layer learns a bias that starts here (-3: black) (0: no bias, DCGAN)
     d_extra_layers: int = 0       # the same in D, after its input layer, at the image's half resolution
     sync_bn: bool = True          # synchronize BatchNorm statistics across processes (world size > 1)
     conditional: bool = False     # G draws the digit it is given, D judges image and digit

@@ -48,7 +48,7 @@ class Generator(nn.Module):
     Without labels a conditional G draws balanced_labels, so code that only passes z gets every digit alike."""
 
     def __init__(self, image_size: int = 64, nz: int = 100, ngf: int = 64, nc: int = 1, extra_layers: int = 0,
-                 conditional: bool = False):
+                 conditional: bool = False, output_bias: float = 0.0):
         super().__init__()
         base, levels = layout(image_size)
         self.image_size, self.nz, self.conditional = image_size, nz, conditional
@@ -61,8 +61,10 @@ class Generator(nn.Module):
                        nn.BatchNorm2d(width // 2), nn.ReLU(True)]
             width //= 2
         layers += same_size_layers(width, extra_layers, partial(nn.ReLU, True))
-        layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
+        output = nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=bool(output_bias))
+        if output_bias:  # a learned bias that starts every pixel at tanh(output_bias): near -1 starts G on black
+            nn.init.constant_(output.bias, output_bias)
+        self.main = nn.Sequential(*layers, output, nn.Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] for latents z (N, nz); `labels` (N,) only matter to a conditional G."""
@@ -140,9 +142,10 @@ def with_spectral_norm(discriminator: nn.Module) -> nn.Module:
 
 def build_models(image_size: int, nz: int, ngf: int, ndf: int, g_extra: int = 0, d_extra: int = 0,
                  conditional: bool = False, conditioning: str = "projection", norm: str = "batch",
-                 spectral_norm: bool = False) -> tuple[Generator, Discriminator]:
+                 spectral_norm: bool = False, g_output_bias: float = 0.0) -> tuple[Generator, Discriminator]:
     """G and D, initialized; conditioning and norm are the Discriminator's, spectral_norm wraps D's convolutions."""
-    generator = Generator(image_size, nz, ngf, extra_layers=g_extra, conditional=conditional)
+    generator = Generator(image_size, nz, ngf, extra_layers=g_extra, conditional=conditional,
+                          output_bias=g_output_bias)
     discriminator = Discriminator(image_size, ndf, extra_layers=d_extra, conditional=conditional,
                                   conditioning=conditioning, norm=norm)
     generator.apply(init_weights)
@@ -154,7 +157,8 @@ def models_for(cfg) -> tuple[Generator, Discriminator]:
     """G and D as a dcgan.config.Config describes them."""
     m = cfg.model
     return build_models(cfg.data.image_size, m.nz, m.ngf, m.ndf, m.g_extra_layers, m.d_extra_layers, m.conditional,
-                        conditioning=m.d_conditioning, norm=m.d_norm, spectral_norm=m.spectral_norm)
+                        conditioning=m.d_conditioning, norm=m.d_norm, spectral_norm=m.spectral_norm,
+                        g_output_bias=m.g_output_bias)
 
 
 class ConvFlopCounter:

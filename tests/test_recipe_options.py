@@ -1,5 +1,6 @@
 """The quality search's levers: the Wasserstein loss with its gradient penalty, lazy R1, spectral norm, D
-without BatchNorm, class maps joined to a conditional D's input, the EMA's start step and D steps per G step. Each is asserted by
+without BatchNorm, class maps joined to a conditional D's input, the EMA's start step, D steps per G step and G's
+output bias. Each is asserted by
 what it computes; the penalties' step is asserted to resume exactly (lazy R1 is due on some steps only)."""
 import io
 
@@ -245,3 +246,30 @@ def test_a_runs_discriminator_is_rebuilt_from_its_config():
     older = {**recorded, "model": {k: v for k, v in recorded["model"].items() if k != "d_norm"}}
     with pytest.raises(CheckpointError, match="discriminator"):   # before d_norm existed, D had BatchNorm
         build_discriminator(older, D.state_dict(), "ckpt.pt")
+
+
+def test_g_output_bias_starts_the_generator_on_black_and_is_rebuilt_from_the_config():
+    """model.g_output_bias: G's output layer learns a bias that starts at the given value, so an untrained G draws
+    near-black images (tanh(-3) = -0.995) instead of mid-grey ones. Without it G has no output bias, so checkpoints
+    made before the option existed still load."""
+    from dcgan.loading import build_generator
+    from dcgan.models import models_for
+
+    torch.manual_seed(0)
+    plain = models_for(load_config(None, TINY))[0].eval()
+    cfg = load_config(None, TINY + ["model.g_output_bias=-3"])
+    G = models_for(cfg)[0].eval()
+    z = torch.randn(8, 16)
+    assert plain(z).abs().mean() < 0.1 and G(z).max() < -0.99
+    assert set(G.state_dict()) - set(plain.state_dict()) == {f"main.{len(G.main) - 2}.bias"}
+    G.train()
+    G(torch.randn(8, 16)).mean().backward()
+    bias = G.main[-2].bias
+    assert bias.requires_grad and bias.grad.abs().item() > 0            # learned, not a fixed offset
+    with torch.no_grad():
+        bias.add_(1.0)                                                      # as if trained: -2
+    again = build_generator(cfg.to_dict(), G.state_dict(), "generator", "ckpt.pt")
+    assert torch.equal(again(z), G.eval()(z))
+    with pytest.raises(CheckpointError, match="generator"):               # the bias needs the option's config
+        build_generator(load_config(None, TINY).to_dict(), G.state_dict(), "generator", "ckpt.pt")
+
