@@ -29,8 +29,8 @@ def tiny_classifier(mnist_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_classifier(tmp_path_factory):
-    """A real judge, trained as `python -m evaluation.classifier` trains it but for 2 epochs instead of 3 (~100
-    instead of ~150 CPU seconds on 2 cores; 99.2% instead of 99.35% test accuracy, measured 2026-11-24)."""
+    """A real judge, trained as `python -m evaluation.classifier` trains it but for 2 epochs instead of 3 (99.2%
+    instead of 99.35% test accuracy, measured 2026-11-24; one epoch falls short of 99%): the suite's longest set-up."""
     from evaluation.classifier import save_classifier, train_classifier
     if not (SHARED / "data" / "MNIST" / "raw").is_dir():
         pytest.skip("real MNIST (../shared) absent")
@@ -57,6 +57,17 @@ def slurm_env():
     env["PYTHONUNBUFFERED"] = "1"
     yield env
     subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker's own torch work (the judges conftest trains, in-process Trainers) gets its share of
+    the cores: torch's default, one thread per core in every worker, has the workers' OpenMP threads fight over the
+    same cores, which more than doubles the time of work both run at once. The trainers tests start run on one
+    thread each already (support.subprocess_env)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_itemcollected(item):
