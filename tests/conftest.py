@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from support import ROOT, SHARED, make_mnist
 
@@ -62,11 +63,10 @@ def slurm_env():
 def pytest_configure(config):
     """Each pytest-xdist worker's own torch work (the judges conftest trains, in-process Trainers) gets its share of
     the cores: torch's default, one thread per core in every worker, has the workers' OpenMP threads fight over the
-    same cores, which more than doubles the time of work both run at once. The trainers tests start run on one
-    thread each already (support.subprocess_env)."""
+    same cores (BENCHMARKS.md, "The test suite's time"). The trainers tests start run on one thread each already
+    (support.subprocess_env)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        import torch
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
