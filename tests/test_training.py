@@ -250,6 +250,32 @@ def test_hinge_loss_values_and_a_hinge_step():
     assert isinstance(step.objective.loss, Hinge) and torch.isfinite(stats.values).all()
 
 
+def bce(logit: float, target: float) -> float:
+    """Binary cross-entropy of one logit against a target, written out: -(t log p + (1 - t) log(1 - p))."""
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+@pytest.mark.parametrize("smoothing, real_target, fake_target", [(False, 1.0, 0.0), (True, 0.85, 0.2)])
+def test_default_bce_losses_have_their_closed_forms(smoothing, real_target, fake_target):
+    """The default loss against hand-computed values: D towards (smoothed) real/fake targets, G towards 1
+    (the non-saturating -log D(G(z))), whatever D's targets are."""
+    from dcgan.config import load_config
+    from dcgan.losses import build_loss
+    cfg = load_config(None, [f"loss.label_smoothing={str(smoothing).lower()}", "loss.real_label=0.85",
+                             "loss.fake_label=0.2"])
+    loss = build_loss(cfg.loss)
+    real, fake = [2.0, -0.5, 0.0], [-3.0, 1.0]
+    expected_d = (sum(bce(x, real_target) for x in real) / len(real)
+                  + sum(bce(x, fake_target) for x in fake) / len(fake))
+    expected_g = sum(-math.log(1 / (1 + math.exp(-x))) for x in fake) / len(fake)
+    assert loss.discriminator(torch.tensor(real), torch.tensor(fake)).item() == pytest.approx(expected_d, rel=1e-6)
+    assert loss.generator(torch.tensor(fake)).item() == pytest.approx(expected_g, rel=1e-6)
+    assert (loss.real_target, loss.fake_target) == (real_target, fake_target)   # what the health verdict reads
+    # fp16 logits (autocast) give the fp32 loss
+    assert loss.generator(torch.tensor(fake, dtype=torch.float16)).dtype == torch.float32
+
+
 def test_trainer_state_dict_round_trip(mnist_root, tmp_path):
     """Trainer.state_dict() -> load_state_dict() into a fresh Trainer -> state_dict(): the same state, and the two
     trainers take the same next step."""
