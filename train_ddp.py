@@ -22,6 +22,14 @@ from evaluation.common import EvaluationError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist64.yaml")
 
+# The write failures a user can mend, and how. Every write goes to a temp file first and is renamed only when
+# complete (dcgan/checkpoint.py), so none of them leaves a partial file under a real name.
+WRITE_FAILURE_ADVICE = {
+    errno.ENOSPC: "free space there or set train.out_dir to another disk",
+    errno.EDQUOT: "free space there or set train.out_dir to another disk",
+    errno.EFBIG: "raise the file size limit (ulimit -f) or set train.out_dir to another disk",
+}
+
 
 def make_evaluator(cfg):
     """The periodic evaluator eval.every_epochs asks for (None when off): built before training starts, so a
@@ -51,12 +59,11 @@ def main(argv=None) -> int:
         print(f"{error_prefix()}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in WRITE_FAILURE_ADVICE:
             raise
-        # Every write goes to a temp file first and is renamed only when complete (dcgan/checkpoint.py).
         where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"{error_prefix()}: {exc.strerror}{where}: free space there or set train.out_dir to another disk; "
-              f"the last checkpoint written is intact and train.resume=latest continues from it", file=sys.stderr)
+        print(f"{error_prefix()}: {exc.strerror}{where}: {WRITE_FAILURE_ADVICE[exc.errno]}; the last checkpoint "
+              f"written is intact and train.resume=latest continues from it", file=sys.stderr)
         return 2
     return 0
 

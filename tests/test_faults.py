@@ -1,5 +1,6 @@
 """Faults end in one line and lose nothing: a full disk (checkpoint, sample grid, log), a kill while a checkpoint is
-written, an unreadable newest checkpoint, two runs on one run dir."""
+written, a file size limit, an unreadable newest checkpoint, two runs on one run dir."""
+import resource
 import signal
 import subprocess
 import sys
@@ -87,21 +88,55 @@ def test_disk_full_while_writing_the_log(mnist_root, tmp_path):
     assert one_line_error(result).startswith(f"error: No space left on device writing {run_dir}/train.log: ")
 
 
+def limit_file_size(limit: int):
+    """A preexec_fn: the child's files may not grow past `limit` bytes (RLIMIT_FSIZE, `ulimit -f`; no root needed)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_file_size_limit_while_writing_a_checkpoint(mnist_root, tmp_path):
+    """A write that fails without root: the file size limit stops the 2nd checkpoint halfway (EFBIG, as a quota or
+    a full disk stops it). One line naming it and the way out; the 1st is intact, no partial file is left anywhere,
+    and without the limit resume=latest continues from the 1st."""
+    common = TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=100",
+                     "train.checkpoint_every=4", "train.keep_last=100"]
+    run_train(common + ["train.max_steps=4"])
+    run_dir = only_run_dir(tmp_path)
+    first = run_dir / "checkpoints" / "ckpt-00000004.pt"
+    limited = subprocess.run(train_command(common + ["train.resume=latest", "train.max_steps=8"]), cwd=ROOT,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                             preexec_fn=limit_file_size(first.stat().st_size // 2))
+    assert one_line_error(limited) == (
+        f"error: File too large writing {run_dir}/checkpoints/ckpt-00000008.pt: raise the file size limit "
+        f"(ulimit -f) or set train.out_dir to another disk; the last checkpoint written is intact and "
+        f"train.resume=latest continues from it")
+    assert [p.name for p in (run_dir / "checkpoints").glob("ckpt-*.pt")] == [first.name]
+    assert load_ckpt(run_dir)["step"] == 4 and not temp_files(run_dir)
+    resumed = run_train(common + ["train.resume=latest", "train.max_steps=8"])
+    assert f"resumed from {first} at step 4" in resumed.stdout + resumed.stderr
+
+
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(mnist_root, tmp_path):
-    """SIGKILL halfway through the 3rd checkpoint: the 2nd is intact, resume=latest continues from it (and ends
-    where an uninterrupted run ends), and the partial temp file is cleaned away."""
+    """The real writer killed halfway through the 3rd checkpoint (the kernel's SIGXFSZ at the file size limit,
+    tests/helpers/kill_while_saving.py): the 2nd is intact and every file under a checkpoint's name loads,
+    resume=latest continues from the 2nd (and ends where an uninterrupted run ends), and the partial temp file is
+    cleaned away."""
     common = TINY + [f"data.root={mnist_root}", "train.epochs=100", "train.checkpoint_every=4", "train.max_steps=16",
                      "train.keep_last=100"]
     run_train(common + [f"train.out_dir={tmp_path / 'straight'}"])
-    killed = subprocess.run([sys.executable, "tests/helpers/kill_while_saving.py", "3", *common,
-                             f"train.out_dir={tmp_path / 'killed'}"], cwd=ROOT, env=subprocess_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    killed_out = [f"train.out_dir={tmp_path / 'killed'}"]
+    run_train(common + killed_out + ["train.max_steps=8"])               # the last value of a key wins
     run_dir = only_run_dir(tmp_path / "killed")
-    assert [p.name for p in (run_dir / "checkpoints").glob("ckpt-*.pt")] and len(temp_files(run_dir)) == 1
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.pt")) == ["ckpt-00000004.pt",
-                                                                                   "ckpt-00000008.pt"]
-    resumed = run_train(common + [f"train.out_dir={tmp_path / 'killed'}", "train.resume=latest"])
+    half = (run_dir / "checkpoints" / "ckpt-00000008.pt").stat().st_size // 2
+    killed = subprocess.run([sys.executable, "tests/helpers/kill_while_saving.py", str(half), *common, *killed_out,
+                             "train.resume=latest"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-2000:]
+    [partial] = temp_files(run_dir)                                # killed inside the write, not before or after
+    assert partial.name.startswith(".ckpt-00000012.pt.tmp") and partial.stat().st_size == half
+    checkpoints = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))
+    assert [p.name for p in checkpoints] == ["ckpt-00000004.pt", "ckpt-00000008.pt"]
+    assert [load_ckpt(run_dir, int(p.stem.split("-")[1]))["step"] for p in checkpoints] == [4, 8]
+    resumed = run_train(common + killed_out + ["train.resume=latest"])
     assert f"resumed from {run_dir}/checkpoints/ckpt-00000008.pt at step 8" in resumed.stdout + resumed.stderr
     assert_same_state(load_ckpt(only_run_dir(tmp_path / "straight"), 16), load_ckpt(run_dir, 16))
     assert not temp_files(run_dir)

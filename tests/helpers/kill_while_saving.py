@@ -1,34 +1,21 @@
-"""Run train_ddp.py as usual, except that the process SIGKILLs itself halfway through writing its Nth checkpoint.
+"""Run train_ddp.py as usual, except that the kernel kills the process when a file it writes grows past LIMIT bytes.
 
-    python tests/helpers/kill_while_saving.py N key=value ...
+    python tests/helpers/kill_while_saving.py LIMIT key=value ...
 
-A real SIGKILL, at the worst moment: half of the checkpoint's bytes are in the temp file that dcgan.checkpoint
-writes before renaming it. (Only the timing is arranged here; what the kill leaves behind is what a kill during
-the real write leaves: a partial temp file, never a partial checkpoint.)
+The file size limit (RLIMIT_FSIZE, what `ulimit -f` sets) makes the kernel send SIGXFSZ to a process whose write
+would pass it; its default action ends the process at once, in the middle of that write() call. Python ignores
+SIGXFSZ at start-up (a write past the limit then fails with EFBIG instead), so it is given back its default here.
+With LIMIT between the size of the run's small files (log, events, grids) and a checkpoint's, the real writer
+(dcgan.checkpoint.atomic_write) is killed partway through the next checkpoint, its first LIMIT bytes on disk.
 """
-import os
+import resource
 import signal
 import sys
-from pathlib import Path
 
-import dcgan.checkpoint as ckpt
 import train_ddp
 
-DIE_AT = int(sys.argv.pop(1))
-written = []
-real_write = ckpt.atomic_write
-
-
-def write_or_die(path: Path, data) -> None:
-    if Path(path).name.startswith("ckpt-"):
-        written.append(path)
-        if len(written) == DIE_AT:
-            tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                fh.write(bytes(data)[: len(data) // 2])
-            os.kill(os.getpid(), signal.SIGKILL)
-    real_write(path, data)
-
-
-ckpt.atomic_write = write_or_die
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))        # a killed process leaves no core file behind
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 sys.exit(train_ddp.main(sys.argv[1:]))
