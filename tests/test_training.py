@@ -211,6 +211,15 @@ def tiny_gan_step(overrides: list[str]):
     return build_gan_step(cfg, Accelerator(cpu=True), G, D, cuda_graphs=False)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_train_compile_compiles_g_and_d(compile):
+    """What nn.Module.compile changes, read without compiling (a compiled step takes half a minute on a CPU: the
+    slow tier's tests/test_speed.py trains one)."""
+    step = tiny_gan_step([f"train.compile={str(compile).lower()}", "train.channels_last=false"])
+    for model in (step.G, step.D):
+        assert (step.accelerator.unwrap_model(model)._compiled_call_impl is not None) == compile
+
+
 def test_one_step_updates_d_then_g_and_names_its_stats():
     """D's update comes first and sees the fakes of the G before the step; G's update then moves G only."""
     step = tiny_gan_step(["train.channels_last=false", "optim.fused=false"])
