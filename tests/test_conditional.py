@@ -53,9 +53,8 @@ def test_conditional_grid_has_a_row_per_digit(conditional_run):
 
 def test_conditional_resume_is_exact(conditional_run, mnist_root, tmp_path):
     """10 steps, then a resume from the step-10 checkpoint to 20, ends where the straight 20-step run ended."""
-    first = run_train(COND + [f"data.root={mnist_root}", f"train.run_dir={tmp_path / 'resumed'}", "train.max_steps=10",
-                              "train.num_samples=20"])
-    assert first.returncode == 0
+    run_train(COND + [f"data.root={mnist_root}", f"train.run_dir={tmp_path / 'resumed'}", "train.max_steps=10",
+                      "train.num_samples=20"])
     run_train(COND + [f"data.root={mnist_root}", f"train.run_dir={tmp_path / 'resumed'}", "train.max_steps=20",
                       "train.num_samples=20", "train.resume=latest"])
     assert_same_state(load_ckpt(conditional_run, 20), load_ckpt(tmp_path / "resumed", 20))
@@ -92,35 +91,75 @@ def test_generate_draws_the_digit_asked_for(conditional_run, tmp_path):
 
 
 class DigitLookup(torch.nn.Module):
-    """A 'conditional generator' that draws a real image of the digit asked for (of digit+shift, to fail)."""
+    """A 'conditional generator' that draws a real image of the digit asked for (of digit+shift, to fail), and
+    keeps what it was asked and what it drew."""
     conditional = True
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int):
         super().__init__()
         self.by_digit = [images[labels == d] for d in range(NUM_CLASSES)]
         self.shift, self.anchor = shift, torch.nn.Parameter(torch.zeros(1))
+        self.asked, self.drawn = [], []
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         picks = [self.by_digit[(int(d) + self.shift) % NUM_CLASSES] for d in labels]
-        return torch.stack([p[i % len(p)] for i, p in enumerate(picks)])
+        images = torch.stack([p[i % len(p)] for i, p in enumerate(picks)])
+        self.asked.append(labels.clone())
+        self.drawn.append(images)
+        return images
 
 
 def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, tmp_path):
-    """class_accuracy is the classifier's agreement with the digits asked for, and per-class clf_fid compares each
-    digit's samples with that digit's real images: a generator drawing the wrong digit scores worse on both."""
+    """class_accuracy is the classifier's agreement with the digits the generator was asked for, and per-class
+    clf_fid compares each digit's samples with that digit's real images: a generator drawing the wrong digit scores
+    worse on both. The expected accuracy is the judge network's own verdict on what the generator drew, against the
+    labels it was handed (not the metric's idea of them)."""
     from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
-    from evaluation.metrics import classify, measure, real_images, real_labels
+    from evaluation.classifier import MNIST_MEAN, MNIST_STD, load_classifier
+    from evaluation.metrics import measure, real_images, real_labels
     images = to_training_images(load_mnist_uint8(mnist_root), 28)
     labels = load_mnist_labels(mnist_root)
     reference, reference_labels = real_images(mnist_root, "test", 28, 100), real_labels(mnist_root, "test", 100)
-    values = {}
+    judge = load_classifier(tiny_classifier)
+    values, expected = {}, {}
     for shift in (0, 5):
-        rows = measure(DigitLookup(images, labels, shift), 16, reference, "ref", ["class"], 100, None,
-                       str(tiny_classifier), torch.device("cpu"), 50, 0, tmp_path, reference_labels=reference_labels)
+        generator = DigitLookup(images, labels, shift)
+        rows = measure(generator, 16, reference, "ref", ["class"], 100, None, str(tiny_classifier),
+                       torch.device("cpu"), 50, 0, tmp_path, reference_labels=reference_labels)
         values[shift] = {r.metric: r.value for r in rows}
-    drawn = torch.cat([((DigitLookup(images, labels, 0)(None, balanced_labels(100)) + 1) * 127.5).round()
-                       .clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1)])
-    agreement = (classify(drawn, tiny_classifier, torch.device("cpu")).argmax(1) == balanced_labels(100)).float().mean()
-    assert values[0]["class_accuracy"] == pytest.approx(agreement.item())
+        asked, drawn = torch.cat(generator.asked), torch.cat(generator.drawn)
+        assert len(asked) == 100
+        with torch.no_grad():
+            verdict = judge(((drawn + 1) / 2 - MNIST_MEAN) / MNIST_STD)[1].argmax(1)
+        expected[shift] = (verdict == asked).float().mean().item()
+    assert values[0]["class_accuracy"] == pytest.approx(expected[0], abs=0.011)     # one image may round apart
+    assert values[5]["class_accuracy"] == pytest.approx(expected[5], abs=0.011)
     assert values[0]["class_accuracy"] > values[5]["class_accuracy"]
     assert values[0]["clf_fid_per_class"] < values[5]["clf_fid_per_class"]
+
+
+def test_class_metric_runs_during_training_and_from_the_cli(mnist_root, tiny_classifier, tmp_path):
+    """The shipped conditional config, one epoch, evaluated after it with `class` (its own eval.metrics); then
+    `python -m evaluation.fid --metrics class` on the run: both report class_accuracy and clf_fid_per_class, and
+    agree, since both sample the same EMA generator with the same noise."""
+    import json
+    import subprocess
+    import sys
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from support import ROOT, subprocess_env
+    run_train(["--config", "configs/mnist32_cond.yaml", f"data.root={mnist_root}", "data.download=false",
+               f"train.out_dir={tmp_path}", "train.epochs=1", "train.cpu=true", "eval.every_epochs=1",
+               "eval.num_samples=100", f"eval.classifier_weights={tiny_classifier}"])
+    run_dir = only_run_dir(tmp_path)
+    assert "class_accuracy" in (run_dir / "train.log").read_text()
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    during = {name: events.Scalars(f"eval/{name}")[-1].value for name in ("class_accuracy", "clf_fid_per_class")}
+    subprocess.run([sys.executable, "-m", "evaluation.fid", "--checkpoint", str(run_dir), "--metrics", "class",
+                    "--num-samples", "100", "--classifier-weights", str(tiny_classifier), "--data-root",
+                    str(mnist_root), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json",
+                    str(tmp_path / "class.json")], cwd=ROOT, env=subprocess_env(), check=True, capture_output=True)
+    cli = {r["metric"]: r for r in json.loads((tmp_path / "class.json").read_text())["results"]}
+    assert sorted(cli) == ["class_accuracy", "clf_fid_per_class"]
+    assert all(r["samples"] == 100 for r in cli.values())
+    assert cli["class_accuracy"]["value"] == pytest.approx(during["class_accuracy"], abs=1e-6)
+    assert cli["clf_fid_per_class"]["value"] == pytest.approx(during["clf_fid_per_class"], rel=1e-4)
