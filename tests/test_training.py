@@ -33,6 +33,31 @@ def short_run(mnist_root, tmp_path_factory):
     return only_run_dir(out), result
 
 
+def mean_image_distance(G: Generator, real: torch.Tensor) -> float:
+    """How far G's mean image is from the real images' (mean absolute difference per pixel, in [-1, 1] units), for
+    256 samples of G in training mode (batch statistics, as G trains)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fake = G.train()(torch.randn(256, G.nz))
+    return (fake.mean(0) - real.mean(0)).abs().mean().item()
+
+
+def test_training_learns_the_synthetic_digits(mnist_root, tmp_path):
+    """The suite's learning check without ../shared: 200 steps on the synthetic rings bring G's mean image from an
+    untrained G's distance to a fraction of it (measured: 0.70 -> 0.09; G's target flipped to 0 moves it away, to
+    0.87). A learning rate ten times the default's, so that 200 CPU steps are enough."""
+    from dcgan.data import load_mnist_uint8, to_training_images
+    from dcgan.models import build_models
+    run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=1000",
+                      "train.max_steps=200", "optim.lr_g=2e-3", "optim.lr_d=2e-3"])
+    real = to_training_images(load_mnist_uint8(mnist_root), 28)
+    untrained, _ = build_models(28, 16, 8, 8)
+    trained = Generator(28, nz=16, ngf=8)
+    trained.load_state_dict(load_ckpt(only_run_dir(tmp_path), 200)["generator"])
+    before, after = mean_image_distance(untrained, real), mean_image_distance(trained, real)
+    assert after < 0.3 * before, (before, after)
+
+
 def test_run_dir_layout(short_run):
     run_dir, result = short_run
     assert run_dir.name == "000-mnist64"                  # numbered, named after the config file
