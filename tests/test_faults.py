@@ -185,4 +185,7 @@ def test_second_run_on_the_same_run_dir_is_refused(mnist_root, tmp_path):
     assert load_ckpt(run_dir)["step"] == stopped_at
     # and once it has ended, the run dir is free again
     run_train(common + [f"train.max_steps={stopped_at + 1}"])
-    assert torch.load(run_dir / "generator.pt", weights_only=True)
+    final = load_ckpt(run_dir)
+    assert final["step"] == stopped_at + 1
+    exported = torch.load(run_dir / "generator.pt", weights_only=True)              # the run's EMA generator
+    assert list(exported) == list(final["ema"]) and all(torch.equal(v, final["ema"][k]) for k, v in exported.items())
