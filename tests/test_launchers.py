@@ -1,5 +1,6 @@
-"""The launchers of launch/: two "nodes" on one machine (two launcher invocations, node ranks 0 and 1).
-launch/torchrun.sh's two-node form is the README's, run by tests/test_readme.py."""
+"""The launchers of launch/: each Accelerate config file read by Accelerate's own loader, and two "nodes" on one
+machine (two launcher invocations, node ranks 0 and 1). launch/torchrun.sh's two-node form is the README's, run by
+tests/test_readme.py."""
 import os
 import socket
 import subprocess
@@ -24,6 +25,30 @@ def run_nodes(commands_env: list[tuple[list[str], dict]], timeout: int = 300) ->
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-4000:]
+
+
+LAUNCH_CONFIGS = {
+    "accelerate_1gpu.yaml": dict(distributed_type="NO", num_machines=1, num_processes=1, mixed_precision="no",
+                                 gpu_ids="0", use_cpu=False),
+    "accelerate_multigpu_fp16.yaml": dict(distributed_type="MULTI_GPU", num_machines=1, mixed_precision="fp16",
+                                          gpu_ids="all", use_cpu=False),
+    "accelerate_multinode.yaml": dict(distributed_type="MULTI_GPU", num_machines=2, num_processes=16,
+                                      mixed_precision="fp16", rdzv_backend="static", use_cpu=False),
+}
+
+
+def test_every_launch_config_is_listed():
+    assert sorted(p.name for p in (ROOT / "launch").glob("*.yaml")) == sorted(LAUNCH_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH_CONFIGS))
+def test_launch_config_loads_with_accelerates_own_loader(name):
+    """What `accelerate launch --config_file` reads (GPU-only files: the README test parses their commands only)."""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    config = load_config_from_file(str(ROOT / "launch" / name))
+    assert isinstance(config, ClusterConfig)
+    expected = LAUNCH_CONFIGS[name]
+    assert {key: getattr(config, key) for key in expected} == expected
 
 
 def test_accelerate_multinode_config_two_cpu_machines(mnist_root, tmp_path):
