@@ -12,19 +12,24 @@ STEPS = 300
 # With the real_classifier judge, 2026-12-01 (bf16, 2-core CPU): default 465.4 (its lr decays to 0 over these 300
 # steps; 238.8 at a constant lr), seeds' recipe 918.5.
 BOUND = 650.0
+# The conditions BOUND was measured in, pinned: on a GPU, or a CPU without bf16 units, `auto` would pick fp16 or
+# fp32 and the test would judge a run nobody measured. (bf16 autocast runs on any CPU, emulated where it has no
+# bf16 units: slower there, the same arithmetic.)
+CONDITIONS = ["train.cpu=true", "train.mixed_precision=bf16"]
 
 
 def clf_fid_after_steps(config: str, judge: Path, out: Path) -> float:
     """Train `config` for STEPS steps as a user would, then evaluate its EMA generator with `python -m
     evaluation.fid` on 1000 samples against the MNIST test digits."""
     train = [sys.executable, "train_ddp.py", "--config", config, f"data.root={SHARED / 'data'}",
-             f"train.max_steps={STEPS}", f"train.out_dir={out}", "train.num_samples=16"]
+             f"train.max_steps={STEPS}", f"train.out_dir={out}", "train.num_samples=16", *CONDITIONS]
     done = subprocess.run(train, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "precision bf16," in (only_run_dir(out) / "train.log").read_text()
     report = out / "eval.json"
     evaluate = [sys.executable, "-m", "evaluation.fid", "--checkpoint", str(only_run_dir(out)), "--metrics", "clf_fid",
                 "--num-samples", "1000", "--classifier-weights", str(judge), "--data-root", str(SHARED / "data"),
-                "--cache-dir", str(out / "cache"), "--json", str(report)]
+                "--cache-dir", str(out / "cache"), "--json", str(report), "--device", "cpu"]
     done = subprocess.run(evaluate, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return next(r["value"] for r in json.loads(report.read_text())["results"] if r["metric"] == "clf_fid")
