@@ -12,6 +12,7 @@ resized once to the training resolution, then uint8 and grey tiled to 3 channels
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,7 +199,12 @@ def inception_metrics(source, reference: torch.Tensor, reference_name: str, metr
     source = source if isinstance(source, GenerativeModelBase) else ImageTensors(source)
     raw = _fidelity(source, reference, f"{reference_name}{tag}", {m: True for m in wanted},
                     num_samples, seed, device, batch_size, cache_root, feature_extractor_weights_path=weights_path)
-    return rows + _rows(raw, {m: m for m in wanted}, num_samples, reference_name, weights, time.time() - start)
+    rows += _rows(raw, {m: m for m in wanted}, num_samples, reference_name, weights, time.time() - start)
+    for row in rows:  # torch-fidelity's own weights file (the hub cache) may lack the classifier layer too
+        if row.metric == "isc" and row.value is not None and math.isnan(row.value):
+            row.value = None
+            row.note = "unavailable: these weights give a NaN score (no classifier layer); IS needs the full weights"
+    return rows
 
 
 def coverage(logits: torch.Tensor) -> dict:
