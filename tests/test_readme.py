@@ -143,9 +143,11 @@ def test_every_readme_command_has_a_test_and_every_test_a_command():
     assert readme_commands() == [c.text for c in COMMANDS]
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_then_the_slow_tier():
     ci = [c.text for c in COMMANDS if c.how == "ci"]
-    assert len(ci) == 1 and ci[0] in (ROOT / ".ci" / "run").read_text()
+    script = (ROOT / ".ci" / "run").read_text()
+    assert len(ci) == 1 and ci[0] in script
+    assert script.index(ci[0]) < script.index(".venv/bin/python -m pytest -q -m slow")
 
 
 @pytest.fixture(scope="module")
