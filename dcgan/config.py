@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from evaluation import registry
+
 from .losses import LOSSES
 from .models import D_CONDITIONINGS, D_NORMS
 
@@ -312,9 +314,14 @@ def validate(cfg: Config) -> None:
     trackers = cfg.train.trackers.split(",")
     _need(set(trackers) <= set(TRACKERS) and "tensorboard" in trackers,
           f"train.trackers='{cfg.train.trackers}': use tensorboard or tensorboard,wandb (TensorBoard is always on)")
-    _need("class" not in cfg.eval.metrics.replace(" ", "").split(",") or cfg.model.conditional,
-          f"eval.metrics={cfg.eval.metrics}: 'class' measures a conditional model: set model.conditional=true "
-          f"or leave 'class' out")
+    try:
+        metrics = registry.parse_metrics(cfg.eval.metrics, "eval.metrics")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    conditional = ",".join(registry.needing(metrics, registry.CONDITIONAL))
+    _need(not conditional or cfg.model.conditional,
+          f"eval.metrics={cfg.eval.metrics}: '{conditional}' measures a conditional model: set model.conditional=true "
+          f"or leave it out")
     _need(cfg.optim.d_steps >= 1, f"optim.d_steps={cfg.optim.d_steps} must be a positive integer (D updates per G update)")
     _need(cfg.loss.r1_every >= 1, f"loss.r1_every={cfg.loss.r1_every} must be a positive integer")
     penalty = ("loss.name=wgan" if cfg.loss.name == "wgan" and cfg.loss.gp_weight

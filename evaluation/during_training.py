@@ -14,10 +14,9 @@ import torch
 
 from .classifier import find_weights
 from .common import EvaluationError, cache_dir
-from .metrics import ALL_METRICS, CLASSIFIER_METRICS, measure, real_images, real_labels, reported_values
-
-# Metrics where a smaller value is better; for every other one, larger is better.
-LOWER_IS_BETTER = {"fid", "kid", "clf_fid", "clf_kid", "kl_to_uniform", "clf_fid_per_class"}
+from .metrics import real_images, real_labels
+from .registry import CLASSIFIER, CONDITIONAL, LOWER_IS_BETTER, TRAINING_DIGITS, Measurement, measure, needing
+from .registry import parse_metrics, reported_values
 
 
 @dataclass
@@ -34,23 +33,26 @@ class PeriodicEvaluator:
 
     def __init__(self, settings: Mapping, data_root: str, image_size: int, nz: int):
         self.settings, self.nz = dict(settings), nz
-        self.metrics = [m.strip() for m in self.settings["metrics"].split(",") if m.strip()]
+        try:
+            self.metrics = parse_metrics(self.settings["metrics"], "eval.metrics")
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
         self.best_metric = self.settings["best_metric"]
-        unknown = [m for m in self.metrics if m not in ALL_METRICS]
-        if unknown:
-            raise EvaluationError(f"eval.metrics: unknown '{','.join(unknown)}': choose from {', '.join(ALL_METRICS)}")
         produced = reported_values(self.metrics)
         if self.best_metric not in produced:
             raise EvaluationError(f"eval.best_metric='{self.best_metric}' is not computed by eval.metrics="
                                   f"{self.settings['metrics']}: use one of {', '.join(sorted(produced))}")
-        if any(m in CLASSIFIER_METRICS for m in self.metrics):
+        if needing(self.metrics, CLASSIFIER):
             try:
                 find_weights(self.settings["classifier_weights"] or None)
             except EvaluationError as exc:
                 raise EvaluationError(f"eval.metrics needs the MNIST classifier: {exc}") from None
         count, split = self.settings["num_samples"], self.settings["reference"]
         self.reference = real_images(data_root, split, image_size, count)
-        self.reference_labels = real_labels(data_root, split, count) if "class" in self.metrics else None
+        self.reference_labels = real_labels(data_root, split, count) if needing(self.metrics, CONDITIONAL) else None
+        other = "train" if split == "test" else "test"
+        self.training_digits = ((real_images(data_root, other, image_size, count), real_labels(data_root, other, count))
+                                if needing(self.metrics, TRAINING_DIGITS) else None)
         self.reference_name = f"mnist-{split}-{image_size}px-{count}"
         self.best = math.nan
         self.evaluations_since_best = 0
@@ -69,11 +71,12 @@ class PeriodicEvaluator:
 
     def measure(self, generator: torch.nn.Module) -> dict[str, float]:
         s = self.settings
-        rows = measure(generator, self.nz, self.reference, self.reference_name, self.metrics, s["num_samples"],
-                       s["inception_weights"] or None, s["classifier_weights"] or None,
-                       next(generator.parameters()).device, batch_size=200, seed=0, cache_root=cache_dir() / "fidelity",
-                       reference_labels=self.reference_labels)
-        return {r.metric: r.value for r in rows if r.value is not None}
+        subject = Measurement(generator, self.nz, self.reference, self.reference_name, s["num_samples"],
+                              next(generator.parameters()).device, batch_size=200, seed=0,
+                              cache_root=cache_dir() / "fidelity", inception_weights=s["inception_weights"] or None,
+                              classifier_weights=s["classifier_weights"] or None,
+                              reference_labels=self.reference_labels, training_digits=self.training_digits)
+        return {r.metric: r.value for r in measure(subject, self.metrics) if r.value is not None}
 
     def record(self, values: dict[str, float]) -> bool:
         """True when this evaluation is the best so far by best_metric."""

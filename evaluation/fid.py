@@ -6,9 +6,9 @@
     python -m evaluation.fid --checkpoint ckpt.pt --inception-weights weights-inception-2015-12-05-6726825d.pth \\
         --num-samples 10000 --reference-floor --json fid.json --logdir runs/000-mnist64/tensorboard
 
-Metrics: fid, kid, isc, prc (Inception features; offline use needs --inception-weights) and clf_fid, clf_kid,
-clf_isc, coverage (our MNIST classifier: `python -m evaluation.classifier` trains it once). FID has a large
-small-sample bias: compare values only at equal --num-samples against the same reference, next to the
+Metrics (evaluation/registry.py; `--help` lists them): fid, kid, isc, prc (Inception features; offline use needs
+--inception-weights), the MNIST classifier's (`python -m evaluation.classifier` trains it once), and for
+conditional generators class and cas. FID has a large small-sample bias: compare values only at equal --num-samples against the same reference, next to the
 --reference-floor (real images vs the reference at the same count).
 """
 from __future__ import annotations
@@ -27,15 +27,8 @@ from dcgan.data import DataError
 from dcgan.loading import load_generator, resolve_generator_path
 
 from .common import EvaluationError, cache_dir
-from .metrics import ALL_METRICS, Result, measure, real_images, real_labels
-
-
-def parse_metrics(text: str) -> list[str]:
-    metrics = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    if unknown or not metrics:
-        raise EvaluationError(f"unknown metric '{','.join(unknown) or text}': choose from {', '.join(ALL_METRICS)}")
-    return metrics
+from .metrics import Result, real_images, real_labels
+from .registry import CONDITIONAL, TRAINING_DIGITS, Measurement, help_text, measure, needing, parse_metrics
 
 
 def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
@@ -54,17 +47,22 @@ def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.devi
     root = args.data_root or config["data"]["root"]
     reference = real_images(root, args.reference, size, args.num_samples)
     reference_name = f"mnist-{args.reference}-{size}px-{args.num_samples}"
-    common = dict(metrics=metrics, num_samples=args.num_samples, inception_weights=args.inception_weights,
-                  classifier_weights=args.classifier_weights, device=device, batch_size=args.batch_size,
-                  seed=args.seed, cache_root=Path(args.cache_dir))
-    labels = real_labels(root, args.reference, args.num_samples) if "class" in metrics else None
-    rows = measure(G, nz, reference, reference_name, **common, reference_labels=labels)
+    # Held-out real digits: the other split, so no image is compared with itself.
+    other = "train" if args.reference == "test" else "test"
+    subject = Measurement(G, nz, reference, reference_name, args.num_samples, device, args.batch_size, args.seed,
+                          Path(args.cache_dir), args.inception_weights, args.classifier_weights)
+    if needing(metrics, CONDITIONAL):
+        subject.reference_labels = real_labels(root, args.reference, args.num_samples)
+    if needing(metrics, TRAINING_DIGITS):
+        subject.training_digits = (real_images(root, other, size, args.num_samples),
+                                   real_labels(root, other, args.num_samples))
+    rows = measure(subject, metrics)
     if args.reference_floor:
-        # Held-out real digits: the other split, so no image is compared with itself. (No floor for `class`:
-        # real digits are not drawn for a requested class.)
-        other = "train" if args.reference == "test" else "test"
-        common["metrics"] = [m for m in metrics if m != "class"]
-        floor = measure(real_images(root, other, size, args.num_samples), nz, reference, reference_name, **common)
+        # (No floor for the conditional metrics: real digits are not drawn for a requested class.)
+        floor_subject = Measurement(real_images(root, other, size, args.num_samples), nz, reference, reference_name,
+                                    args.num_samples, device, args.batch_size, args.seed, Path(args.cache_dir),
+                                    args.inception_weights, args.classifier_weights)
+        floor = measure(floor_subject, [m for m in metrics if m not in needing(metrics, CONDITIONAL)])
         for row in floor:
             row.metric = f"floor_{row.metric}"
         rows += floor
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
                              "generator.safetensors (with its run's config.yaml beside it)")
     parser.add_argument("--num-samples", type=int, default=10000, help="generated and reference images (default 10000)")
     parser.add_argument("--reference", choices=("test", "train"), default="test", help="MNIST split to compare with")
-    parser.add_argument("--metrics", default="fid,kid,isc", help=f"comma-separated, from {','.join(ALL_METRICS)}")
+    parser.add_argument("--metrics", default="fid,kid,isc", help=f"comma-separated, from: {help_text()}")
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator's noise")
@@ -110,7 +108,10 @@ def main(argv=None) -> int:
             raise EvaluationError(f"--batch-size {args.batch_size}: must be positive")
         if args.inception_weights and not Path(args.inception_weights).is_file():
             raise EvaluationError(f"--inception-weights {args.inception_weights} does not exist")
-        metrics = parse_metrics(args.metrics)
+        try:
+            metrics = parse_metrics(args.metrics)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
         device = torch.device(args.device)
         paths = checkpoints_to_evaluate(args.checkpoint, args.all)
         report = []

@@ -1,13 +1,15 @@
-"""Metrics of a generator against real MNIST, through torch-fidelity.
+"""The maths of the metrics of a generator against real MNIST (their table: evaluation/registry.py).
 
 Standard metrics (Inception features): fid, kid, isc, prc. MNIST-domain metrics (our classifier's features,
 evaluation/classifier.py): clf_fid, clf_kid, clf_isc, coverage (classes covered, KL of the predicted-class
 histogram to uniform, share of confident predictions), and for conditional generators `class`: the share of samples
 the classifier assigns to the digit asked for, and the mean over digits of each digit's clf_fid against the real
 images of that digit. `background`: the median background (each image's median pixel, median over images, in
-[-1, 1]) of the samples minus that of the real images: a grey drift shows as a positive gap. Real images are
-processed exactly as in training:
-resized once to the training resolution, then uint8 and grey tiled to 3 channels, like generated ones.
+[-1, 1]) of the samples minus that of the real images: a grey drift shows as a positive gap. `cas`, the
+classification accuracy score (Ravuri & Vinyals 2019): the MNIST classifier's architecture trained on the samples of
+a conditional generator, labelled with the digit each was asked for, tested on the real reference digits, beside the
+same training on as many real digits (its ceiling). Real images are processed exactly as in training: resized once
+to the training resolution, then uint8 and grey tiled to 3 channels, like generated ones.
 """
 from __future__ import annotations
 
@@ -26,16 +28,9 @@ from dcgan.checkpoint import CheckpointError, read_weights
 from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
 from dcgan.models import NUM_CLASSES, balanced_labels
 
-from .classifier import find_weights, load_classifier, prepare, register_extractor, sha256_prefix
+from .classifier import find_weights, fit_classifier, load_classifier, prepare, register_extractor, sha256_prefix
 from .common import EvaluationError
 
-INCEPTION_METRICS = ("fid", "kid", "isc", "prc")
-CLASSIFIER_METRICS = ("clf_fid", "clf_kid", "clf_isc", "coverage", "class")
-IMAGE_METRICS = ("background",)  # from the pixels alone
-ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS + IMAGE_METRICS
-# The values a requested metric reports, where they are not named like the metric itself.
-REPORTED_VALUES = {"coverage": ("classes_covered", "kl_to_uniform", "confident_share"), "prc": ("precision", "recall"),
-                   "class": ("class_accuracy", "clf_fid_per_class"), "background": ("background_gap",)}
 CONFIDENT = 0.9  # max softmax probability for a "confidently classified" sample
 
 
@@ -162,11 +157,6 @@ def _fidelity(input1, reference: torch.Tensor, cache_name: str, wanted: dict, nu
     return torch_fidelity.calculate_metrics(**kwargs)
 
 
-def reported_values(metrics: list[str]) -> set[str]:
-    """The names of the values that computing `metrics` reports (what eval.best_metric may choose from)."""
-    return {value for metric in metrics for value in REPORTED_VALUES.get(metric, (metric,))}
-
-
 def _rows(raw: dict, names: dict, samples: int, reference: str, weights: str, seconds: float) -> list[Result]:
     keys = {"fid": ["frechet_inception_distance"], "kid": ["kernel_inception_distance_mean"],
             "isc": ["inception_score_mean"], "prc": ["precision", "recall"]}
@@ -181,10 +171,9 @@ def _rows(raw: dict, names: dict, samples: int, reference: str, weights: str, se
 def inception_metrics(source, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
                       weights_path: str | None, device: torch.device, batch_size: int, seed: int,
                       cache_root: Path) -> list[Result]:
-    """Standard metrics. `source`: a FidelityGenerator (streamed) or uint8 images (for real-vs-real floors)."""
-    wanted = [m for m in metrics if m in INCEPTION_METRICS]
-    if not wanted:
-        return []
+    """Standard metrics (fid, kid, isc, prc of `metrics`), from one pass of Inception features. `source`: a
+    FidelityGenerator (streamed) or uint8 images (for real-vs-real floors)."""
+    wanted = list(metrics)
     weights = Path(weights_path).name if weights_path else "torch-fidelity default (downloaded)"
     rows = []
     if weights_path and "isc" not in wanted:  # with isc, inception_weights_problem reads it
@@ -220,12 +209,10 @@ def coverage(logits: torch.Tensor) -> dict:
 
 def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_name: str, metrics: list[str],
                        weights_path: str | None, device: torch.device, batch_size: int, seed: int,
-                       cache_root: Path, reference_labels: torch.Tensor | None = None) -> list[Result]:
-    """MNIST-domain metrics on generated uint8 images `fake` (kept in memory: 10k at 64 px is 120 MB). `class`
-    takes `fake` as drawn for balanced_labels and needs the reference's labels."""
-    wanted = [m for m in metrics if m in CLASSIFIER_METRICS]
-    if not wanted:
-        return []
+                       cache_root: Path) -> list[Result]:
+    """MNIST-domain metrics (clf_fid, clf_kid, clf_isc, coverage of `metrics`) on generated uint8 images `fake`
+    (kept in memory: 10k at 64 px is 120 MB)."""
+    wanted = list(metrics)
     path = find_weights(weights_path)
     weights = path.name
     rows = []
@@ -236,15 +223,12 @@ def classifier_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_na
                         {m: True for m in fidelity}, len(fake), seed, device, batch_size, cache_root,
                         feature_extractor=register_extractor(), feature_extractor_weights_path=str(path))
         rows += _rows(raw, {f"clf_{m}": m for m in fidelity}, len(fake), reference_name, weights, time.time() - start)
-    if "class" in wanted:
-        rows += class_metrics(fake, reference, reference_labels, reference_name, path, device, batch_size, seed,
-                              cache_root)
     if "coverage" in wanted:
         start = time.time()
         stats = coverage(classify(fake, path, device))
         seconds = time.time() - start
         histogram = " ".join(f"{v:.2f}" for v in stats["histogram"])
-        for name in REPORTED_VALUES["coverage"]:
+        for name in ("classes_covered", "kl_to_uniform", "confident_share"):
             rows.append(Result(name, float(stats[name]), len(fake), reference_name, weights, seconds,
                                f"class shares 0-9: {histogram}" if name == "classes_covered" else ""))
     return rows
@@ -293,22 +277,26 @@ def background_gap(fake: torch.Tensor, reference: torch.Tensor, reference_name: 
                   f"median background {fake_level:+.4f} (real {real_level:+.4f})")
 
 
-def measure(source, nz: int, reference: torch.Tensor, reference_name: str, metrics: list[str], num_samples: int,
-            inception_weights: str | None, classifier_weights: str | None, device: torch.device, batch_size: int,
-            seed: int, cache_root: Path, reference_labels: torch.Tensor | None = None) -> list[Result]:
-    """Every requested metric for `source`: a Generator (sampled with `seed`) or uint8 real images (a floor).
-    `class` needs a conditional generator and `reference_labels` (real_labels)."""
-    is_generator = isinstance(source, torch.nn.Module)
-    if "class" in metrics and not (is_generator and getattr(source, "conditional", False)):
-        raise EvaluationError("metric 'class' measures a conditional generator (model.conditional=true); "
-                              "this one draws random digits: leave 'class' out")
-    common = dict(device=device, batch_size=batch_size, seed=seed, cache_root=cache_root)
-    rows = inception_metrics(FidelityGenerator(source, nz) if is_generator else source, reference, reference_name,
-                             metrics, num_samples, inception_weights, **common)
-    if any(m in CLASSIFIER_METRICS + IMAGE_METRICS for m in metrics):
-        images = generate(source, nz, num_samples, seed) if is_generator else source
-        rows += classifier_metrics(images, reference, reference_name, metrics, classifier_weights, **common,
-                                   reference_labels=reference_labels)
-        if "background" in metrics:
-            rows.append(background_gap(images, reference, reference_name))
-    return rows
+# The training of CAS's classifiers, the same for the samples and for the real digits of the ceiling: passes over
+# the samples, in small batches so that a few hundred samples still make a few hundred steps.
+CAS_EPOCHS, CAS_BATCH = 10, 32
+
+
+def classification_accuracy_score(fake: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor,
+                                  reference_name: str, training_digits: tuple[torch.Tensor, torch.Tensor],
+                                  seed: int) -> list[Result]:
+    """cas: the test accuracy on the reference digits of the MNIST classifier's architecture trained only on
+    `fake` (drawn for balanced_labels), each labelled with the digit it was asked for; cas_real: the same training
+    on as many real digits of `training_digits` (its ceiling at this count). Samples that look right but lack a
+    class's variety score high on class accuracy and low here."""
+    start = time.time()
+    count = len(fake)
+    real, real_labels = training_digits[0][:count], training_digits[1][:count]
+    _, cas = fit_classifier(fake, balanced_labels(count), reference, reference_labels, CAS_EPOCHS, CAS_BATCH, seed)
+    _, ceiling = fit_classifier(real, real_labels, reference, reference_labels, CAS_EPOCHS, CAS_BATCH, seed)
+    seconds = time.time() - start
+    trained = f"trained {CAS_EPOCHS} epochs on {count}"
+    return [Result("cas", cas, count, reference_name, "-", seconds,
+                   f"{trained} generated digits, tested on {len(reference)} real ones"),
+            Result("cas_real", ceiling, count, reference_name, "-", seconds,
+                   f"the ceiling: {trained} real digits of the other split")]

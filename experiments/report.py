@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dcgan.checkpoint import atomic_write
 from dcgan.config import recorded_settings
-from evaluation.during_training import LOWER_IS_BETTER
+from evaluation.registry import LOWER_IS_BETTER, VALUES
 
 # Settings that differ between members without being part of the experiment.
 NOT_SETTINGS = {"name", "train.run_dir", "train.out_dir", "train.resume"}
@@ -41,9 +41,7 @@ class MemberRun:
     metric: str                          # eval.best_metric
     best: float | None = None
     final: float | None = None
-    classes_covered: float | None = None
-    class_accuracy: float | None = None  # conditional models: samples that are the digit asked for
-    background_gap: float | None = None  # the last median background above real digits' (eval metric `background`)
+    last: dict = field(default_factory=dict)  # the last value of each metric value it logged (eval/<name>)
     img_per_s: float | None = None       # median over the run's log windows
     peak_memory_mib: float | None = None
     train_seconds: float | None = None
@@ -61,9 +59,7 @@ def read_member(run_dir: Path, target: float | None) -> MemberRun:
     if quality:
         run.best = min(quality) if metric in LOWER_IS_BETTER else max(quality)
         run.final = quality[-1]
-    run.classes_covered = _last(curves.get("eval/classes_covered"))
-    run.class_accuracy = _last(curves.get("eval/class_accuracy"))
-    run.background_gap = _last(curves.get("eval/background_gap"))
+    run.last = {name: _last(curves[f"eval/{name}"]) for name in VALUES if f"eval/{name}" in curves}
     rates = curves.get("perf/img_per_s", ([], []))[1]
     run.img_per_s = statistics.median(rates) if rates else None
     memory = curves.get("perf/peak_memory_mib", ([], []))[1]
@@ -139,7 +135,7 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
         lines += ["## Over seeds (mean ± sd)", "", *group_table(groups), ""]
     lines += [f"![{title}]({name})\n" for title, name in plots]
     atomic_write(folder / "report.md", "\n".join(lines).encode())
-    table = [{k: v for k, v in asdict(r).items() if k not in ("curves", "settings", "grid")}
+    table = [{k: v for k, v in asdict(r).items() if k not in ("curves", "settings", "grid", "last")} | r.last
              | {"settings": {k: r.settings.get(k) for k in keys}} for r in runs]
     atomic_write(folder / "report.json", json.dumps(table, indent=1).encode())
     return folder / "report.md"
@@ -147,15 +143,18 @@ def write_report(folder: str | Path, target: float | None = None) -> Path:
 
 def member_table(runs: list[MemberRun], keys: list[str]) -> list[str]:
     metric = runs[0].metric
-    accuracy = any(r.class_accuracy is not None for r in runs)  # a column only where a conditional model is
-    background = any(r.background_gap is not None for r in runs)  # and where a member measured its background
-    head = ["run", *keys, f"best {metric}", f"final {metric}", "classes", *(["class accuracy"] if accuracy else []),
-            *(["background gap"] if background else []), "img/s", "peak MiB", "train s", "s to target", "finished"]
-    rows = [[r.name, *(str(r.settings.get(k)) for k in keys), _fmt(r.best), _fmt(r.final), _fmt(r.classes_covered),
-             *([_fmt(r.class_accuracy)] if accuracy else []), *([_fmt(r.background_gap, 3)] if background else []),
-             _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0),
+    columns = logged_values(runs, lambda value: value.column)  # the registry's report columns some member logged
+    head = ["run", *keys, f"best {metric}", f"final {metric}", *(v.column for v in columns), "img/s", "peak MiB",
+            "train s", "s to target", "finished"]
+    rows = [[r.name, *(str(r.settings.get(k)) for k in keys), _fmt(r.best), _fmt(r.final),
+             *(_fmt(r.last.get(v.name), v.decimals) for v in columns), _fmt(r.img_per_s, 0), _fmt(r.peak_memory_mib, 0), _fmt(r.train_seconds, 1), _fmt(r.seconds_to_target, 0),
              "yes" if r.finished else "no"] for r in runs]
     return _markdown(head, rows)
+
+
+def logged_values(runs: list[MemberRun], wanted) -> list:
+    """The registry's values (evaluation/registry.py) for which `wanted(value)` holds and some member logged."""
+    return [v for v in VALUES.values() if wanted(v) and any(v.name in r.last for r in runs)]
 
 
 def seed_groups(runs: list[MemberRun]) -> dict[str, list[MemberRun]]:
@@ -197,8 +196,6 @@ PANELS = {  # file -> (title, [(tag, y label, x axis)])
     "d_outputs.png": ("D outputs", [("D(x)", "D(x)", "step"), ("D(G(z))", "D(G(z))", "step")]),
     "quality.png": ("Quality", [("eval/{metric}", "{metric}", "step"), ("eval/{metric}", "{metric}", "seconds")]),
 }
-# quality.png's third panel where a member measured `background`: a grey drift shows in its curve, not its last value
-BACKGROUND_PANEL = ("eval/background_gap", "background gap", "step")
 
 
 def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
@@ -208,8 +205,8 @@ def write_plots(folder: Path, runs: list[MemberRun]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
     written = []
     for name, (title, panels) in PANELS.items():
-        if name == "quality.png" and any(r.background_gap is not None for r in runs):
-            panels = [*panels, BACKGROUND_PANEL]
+        if name == "quality.png":  # and a panel for each value whose curve tells more than its last value
+            panels = [*panels, *((f"eval/{v.name}", v.column, "step") for v in logged_values(runs, lambda v: v.plot))]
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (tag, label, x_axis) in zip(axes[0], panels):
             tag = tag.format(metric=runs[0].metric)

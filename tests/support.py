@@ -15,6 +15,8 @@ import json
 import numpy as np
 import torch
 
+from dcgan.models import NUM_CLASSES
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
@@ -190,3 +192,22 @@ def make_trainer(cfg, mnist_root, run_dir: Path):
     run_dir.mkdir()
     torch.manual_seed(0)
     return Trainer(cfg, plan, Accelerator(cpu=True), run_dir, data)
+
+
+class DigitLookup(torch.nn.Module):
+    """A 'conditional generator' that draws a real image of the digit asked for (of digit+shift, to fail), and
+    keeps what it was asked and what it drew."""
+    conditional = True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int):
+        super().__init__()
+        self.by_digit = [images[labels == d] for d in range(NUM_CLASSES)]
+        self.shift, self.anchor = shift, torch.nn.Parameter(torch.zeros(1))
+        self.asked, self.drawn = [], []
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        picks = [self.by_digit[(int(d) + self.shift) % NUM_CLASSES] for d in labels]
+        images = torch.stack([p[i % len(p)] for i, p in enumerate(picks)])
+        self.asked.append(labels.clone())
+        self.drawn.append(images)
+        return images

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from support import TINY, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train
+from support import TINY, DigitLookup, assert_same_state, load_ckpt, one_line_error, only_run_dir, run_train
 from dcgan.config import ConfigError, load_config
 from dcgan.models import NUM_CLASSES, Discriminator, Generator, balanced_labels
 
@@ -90,25 +90,6 @@ def test_generate_draws_the_digit_asked_for(conditional_run, tmp_path):
         assert grid.size == (NUM_CLASSES * 30 + 2, 2 * 30 + 2)           # one column per digit
 
 
-class DigitLookup(torch.nn.Module):
-    """A 'conditional generator' that draws a real image of the digit asked for (of digit+shift, to fail), and
-    keeps what it was asked and what it drew."""
-    conditional = True
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int):
-        super().__init__()
-        self.by_digit = [images[labels == d] for d in range(NUM_CLASSES)]
-        self.shift, self.anchor = shift, torch.nn.Parameter(torch.zeros(1))
-        self.asked, self.drawn = [], []
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        picks = [self.by_digit[(int(d) + self.shift) % NUM_CLASSES] for d in labels]
-        images = torch.stack([p[i % len(p)] for i, p in enumerate(picks)])
-        self.asked.append(labels.clone())
-        self.drawn.append(images)
-        return images
-
-
 def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, tmp_path):
     """class_accuracy is the classifier's agreement with the digits the generator was asked for, and per-class
     clf_fid compares each digit's samples with that digit's real images: a generator drawing the wrong digit scores
@@ -116,7 +97,8 @@ def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, t
     labels it was handed (not the metric's idea of them)."""
     from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
     from evaluation.classifier import MNIST_MEAN, MNIST_STD, load_classifier
-    from evaluation.metrics import measure, real_images, real_labels
+    from evaluation.metrics import real_images, real_labels
+    from evaluation.registry import Measurement, measure
     images = to_training_images(load_mnist_uint8(mnist_root), 28)
     labels = load_mnist_labels(mnist_root)
     reference, reference_labels = real_images(mnist_root, "test", 28, 100), real_labels(mnist_root, "test", 100)
@@ -124,8 +106,9 @@ def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, t
     values, expected = {}, {}
     for shift in (0, 5):
         generator = DigitLookup(images, labels, shift)
-        rows = measure(generator, 16, reference, "ref", ["class"], 100, None, str(tiny_classifier),
-                       torch.device("cpu"), 50, 0, tmp_path, reference_labels=reference_labels)
+        subject = Measurement(generator, 16, reference, "ref", 100, torch.device("cpu"), 50, 0, tmp_path,
+                              classifier_weights=str(tiny_classifier), reference_labels=reference_labels)
+        rows = measure(subject, ["class"])
         values[shift] = {r.metric: r.value for r in rows}
         asked, drawn = torch.cat(generator.asked), torch.cat(generator.drawn)
         assert len(asked) == 100
@@ -138,10 +121,10 @@ def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, t
     assert values[0]["clf_fid_per_class"] < values[5]["clf_fid_per_class"]
 
 
-def test_class_metric_runs_during_training_and_from_the_cli(mnist_root, tiny_classifier, tmp_path):
-    """The shipped conditional config, one epoch, evaluated after it with `class` (its own eval.metrics); then
-    `python -m evaluation.fid --metrics class` on the run: both report class_accuracy and clf_fid_per_class, and
-    agree, since both sample the same EMA generator with the same noise."""
+def test_class_and_cas_metrics_run_during_training_and_from_the_cli(mnist_root, tiny_classifier, tmp_path):
+    """The shipped conditional config, one epoch, evaluated after it with its own eval.metrics (`class` among them)
+    and `cas`; then `python -m evaluation.fid --metrics class,cas` on the run: both report the same values, since
+    both sample the same EMA generator with the same noise (and CAS trains on them with the same seed)."""
     import json
     import subprocess
     import sys
@@ -149,17 +132,17 @@ def test_class_metric_runs_during_training_and_from_the_cli(mnist_root, tiny_cla
     from support import ROOT, subprocess_env
     run_train(["--config", "configs/mnist32_cond.yaml", f"data.root={mnist_root}", "data.download=false",
                f"train.out_dir={tmp_path}", "train.epochs=1", "train.cpu=true", "eval.every_epochs=1",
-               "eval.num_samples=100", f"eval.classifier_weights={tiny_classifier}"])
+               "eval.num_samples=100", f"eval.classifier_weights={tiny_classifier}",
+               "eval.metrics=clf_fid,coverage,class,cas"])
     run_dir = only_run_dir(tmp_path)
     assert "class_accuracy" in (run_dir / "train.log").read_text()
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    during = {name: events.Scalars(f"eval/{name}")[-1].value for name in ("class_accuracy", "clf_fid_per_class")}
-    subprocess.run([sys.executable, "-m", "evaluation.fid", "--checkpoint", str(run_dir), "--metrics", "class",
+    values = ("class_accuracy", "clf_fid_per_class", "cas", "cas_real")
+    during = {name: events.Scalars(f"eval/{name}")[-1].value for name in values}
+    subprocess.run([sys.executable, "-m", "evaluation.fid", "--checkpoint", str(run_dir), "--metrics", "class,cas",
                     "--num-samples", "100", "--classifier-weights", str(tiny_classifier), "--data-root",
                     str(mnist_root), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json",
                     str(tmp_path / "class.json")], cwd=ROOT, env=subprocess_env(), check=True, capture_output=True)
     cli = {r["metric"]: r for r in json.loads((tmp_path / "class.json").read_text())["results"]}
-    assert sorted(cli) == ["class_accuracy", "clf_fid_per_class"]
-    assert all(r["samples"] == 100 for r in cli.values())
-    assert cli["class_accuracy"]["value"] == pytest.approx(during["class_accuracy"], abs=1e-6)
-    assert cli["clf_fid_per_class"]["value"] == pytest.approx(during["clf_fid_per_class"], rel=1e-4)
+    assert list(cli) == list(values) and all(r["samples"] == 100 for r in cli.values())
+    assert {name: cli[name]["value"] for name in values} == pytest.approx(during, rel=1e-4)

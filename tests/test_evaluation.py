@@ -15,8 +15,8 @@ from dcgan.config import EvalConfig
 from evaluation.classifier import accuracy, load_classifier
 from evaluation.common import EvaluationError
 from evaluation.during_training import PeriodicEvaluator
-from evaluation.metrics import (classifier_metrics, coverage, inception_metrics,
-                                inception_weights_problem, measure, real_images)
+from evaluation.metrics import classifier_metrics, coverage, inception_metrics, inception_weights_problem, real_images
+from evaluation.registry import Measurement, measure
 
 SHARED_DATA = SHARED / "data"
 INCEPTION = SHARED / "models" / "weights-inception-2015-12-05-6726825d.pth"
@@ -194,11 +194,8 @@ def test_background_gap_sees_a_grey_drift(short_run, mnist_root, tmp_path):
     """Real images against themselves: gap 0; the same with black raised to 32/255 (a grey background): +0.25."""
     real = real_images(mnist_root, "test", 28, 100)
     greyed = real.clamp(min=32)
-    args = dict(nz=16, reference=real, reference_name="t", metrics=["background"], num_samples=100,
-                inception_weights=None, classifier_weights=None, device=torch.device("cpu"), batch_size=50, seed=0,
-                cache_root=tmp_path)
-    (same,) = measure(real, **args)
-    (grey,) = measure(greyed, **args)
+    (same,) = measure(Measurement(real, 16, real, "t", 100, CPU, 50, 0, tmp_path), ["background"])
+    (grey,) = measure(Measurement(greyed, 16, real, "t", 100, CPU, 50, 0, tmp_path), ["background"])
     assert same.metric == "background_gap" and same.value == 0
     assert grey.value == pytest.approx(32 / 127.5, abs=1e-6) and "real -1.0000" in grey.note
     result = cli("--checkpoint", short_run, "--metrics", "background", "--num-samples", 50, "--data-root", mnist_root,
@@ -308,7 +305,7 @@ def test_target_direction_follows_the_metric(tiny_classifier, mnist_root):
 
 
 def test_evaluator_settings_that_cannot_work_raise_its_own_error(tiny_classifier, mnist_root):
-    for settings, says in ((dict(metrics="clf_fid,fud"), "unknown 'fud'"),
+    for settings, says in ((dict(metrics="clf_fid,fud"), "unknown metric 'fud'"),
                            (dict(best_metric="fid"), "eval.best_metric='fid' is not computed"),
                            (dict(classifier_weights="/nowhere.pt"), "needs the MNIST classifier")):
         with pytest.raises(EvaluationError, match=says):
