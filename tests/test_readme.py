@@ -53,8 +53,8 @@ INCEPTION_EVAL = ["--num-samples", "10", "--batch-size", "10"]   # Inception run
 EVAL = ["--num-samples", "50"]
 SWEEP_RUN = [*TINY_RUN, "eval.num_samples=50"]   # the studies evaluate 2000 samples; the small test set has 128
 COMMANDS = [
-    Command("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/accelerate launch "
-            "train_ddp.py", "run", TINY_RUN, "done: 2 steps"),
+    Command("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python train_ddp.py",
+            "run", TINY_RUN, "done: 2 steps"),
     Command("python3 -m venv .venv && .venv/bin/pip install -q -r requirements-dev.txt && .venv/bin/python -m "
             "pytest -q", "ci"),
     Command("accelerate launch train_ddp.py", "run", TINY_RUN, "done: 2 steps"),
@@ -344,6 +344,19 @@ def test_quickstart_install_is_satisfied():
     assert "Would install" not in result.stdout, result.stdout[-2000:]
 
 
+def test_quickstart_without_mnist_ends_in_one_line(tmp_path):
+    """The newcomer's most likely first failure: command 1's training part, offline, in a checkout without MNIST
+    (data/ empty, so it tries to download): one line on stderr, naming what to do, and nothing else."""
+    train = next(c.text for c in COMMANDS if c.text.startswith("python3 -m venv")).split(" && ")[-1]
+    assert train == ".venv/bin/python train_ddp.py"
+    env = dict(subprocess_env(), https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")  # offline
+    result = subprocess.run([sys.executable, str(ROOT / "train_ddp.py"), f"data.root={tmp_path / 'data'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: could not download MNIST into "), \
+        result.stderr[-3000:]
+
+
 def test_readme_python_snippet_loads_an_exported_generator(workspace):
     """The README's Python block, as written, in a checkout whose runs/000-mnist64 is a trained mnist64 run."""
     run = workspace["dir"] / "runs" / "000-mnist64"
@@ -375,7 +388,9 @@ class Inline:
 
 
 INLINE = [
-    Inline(".venv/bin/accelerate launch train_ddp.py data.root=/path/to/data", "run", TINY_RUN, "done: 2 steps"),
+    Inline(".venv/bin/python train_ddp.py data.root=/path/to/data", "run", TINY_RUN, "done: 2 steps"),
+    Inline("accelerate launch train_ddp.py", "block"),
+    Inline("accelerate launch", "block"),
     Inline(".venv/bin/python train_ddp.py --config configs/mnist32.yaml", "run", TINY_RUN, "done: 2 steps"),
     Inline("torchrun --nproc_per_node 2", "block"),
     # the README's warning: on CPUs, accelerate's --num_processes starts one process
@@ -415,7 +430,7 @@ def test_every_inline_command_has_a_check_and_every_check_a_command():
 def test_inline_block_and_marker_commands_are_what_they_claim():
     for inline in INLINE:
         if inline.how == "block":
-            assert any(c.text.startswith(inline.text + " ") for c in COMMANDS), inline.text
+            assert any(c.text == inline.text or c.text.startswith(inline.text + " ") for c in COMMANDS), inline.text
         if inline.how == "marker":
             marker = re.search(r"-m \"?([\w ]+?)\"?$", inline.text)
             names = marker.group(1).replace(" or ", " ").replace("not ", "").split() if marker else []
