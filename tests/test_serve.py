@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,11 +54,11 @@ def browser():
 class Server:
     """`python -m dcgan.serve --checkpoint RUN --port PORT`, as typed, until the test module ends."""
 
-    def __init__(self, checkpoint, env: dict | None = None):
+    def __init__(self, checkpoint, env: dict | None = None, cwd=ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--checkpoint", str(checkpoint),
-                                         "--port", str(self.port)], cwd=ROOT, env=env or subprocess_env(),
+                                         "--port", str(self.port)], cwd=cwd, env=env or subprocess_env(),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 120
         while True:
@@ -164,13 +165,16 @@ def _error(server: Server, path: str) -> bytes:
 @pytest.mark.slow
 def test_real_model_draws_sevens(browser, real_classifier, tmp_path):
     """A conditional model trained on real MNIST (2 CPU epochs at 32 px) behind the page: the classifier reads most
-    of the digits the page draws for '7' as 7s. The README's screenshot is this page (saved as page.png here)."""
+    of the digits the page draws for '7' as 7s. The README's screenshot is this page (saved as page.png here), served
+    as a user serves it: from the run's name under runs/, which the page shows."""
     from evaluation.classifier import load_classifier, prepare
-    run_train(["--config", "configs/mnist32_cond.yaml", f"data.root={SHARED / 'data'}", f"train.out_dir={tmp_path}",
-               "train.epochs=2", "data.download=false"], timeout=900)
-    running = Server(only_run_dir(tmp_path))
+    run_train(["--config", "configs/mnist32_cond.yaml", f"data.root={SHARED / 'data'}",
+               f"train.out_dir={tmp_path / 'runs'}", "train.epochs=2", "data.download=false"], timeout=900)
+    running = Server(Path("runs") / only_run_dir(tmp_path / "runs").name, cwd=tmp_path)
     try:
         assert ask(browser, running, "7", 16) == ""
+        about = browser.execute_script("return document.getElementById('about').textContent")
+        assert "from runs/000-mnist32_cond." in about, about
         browser.save_screenshot(str(tmp_path / "page.png"))
         print(f"screenshot: {tmp_path / 'page.png'}")
         grid = torch.tensor(list(shown_pixels(browser).getdata()), dtype=torch.uint8).view(4 * 34 + 2, 4 * 34 + 2)
