@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import warnings
@@ -59,9 +60,8 @@ def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.devi
     rows = measure(subject, metrics)
     if args.reference_floor:
         # (No floor for the conditional metrics: real digits are not drawn for a requested class.)
-        floor_subject = Measurement(real_images(root, other, size, args.num_samples), nz, reference, reference_name,
-                                    args.num_samples, device, args.batch_size, args.seed, Path(args.cache_dir),
-                                    args.inception_weights, args.classifier_weights)
+        floor_subject = dataclasses.replace(subject, source=real_images(root, other, size, args.num_samples),
+                                            _images=None)
         floor = measure(floor_subject, [m for m in metrics if m not in needing(metrics, CONDITIONAL)])
         for row in floor:
             row.metric = f"floor_{row.metric}"
