@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import os
 import signal
@@ -31,15 +30,6 @@ WRITE_FAILURE_ADVICE = {
 }
 
 
-def make_evaluator(cfg):
-    """The periodic evaluator eval.every_epochs asks for (None when off): built before training starts, so a
-    setting that cannot work is a one-line error before any run dir exists."""
-    if not cfg.eval.every_epochs:
-        return None
-    from evaluation.during_training import PeriodicEvaluator
-    return PeriodicEvaluator(dataclasses.asdict(cfg.eval), cfg.data.root, cfg.data.image_size, cfg.model.nz)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/mnist64.yaml)")
@@ -52,7 +42,8 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         from dcgan.training import train  # imported late: --dry-run and config errors stay instant
-        result = train(cfg, make_evaluator(cfg))
+        from evaluation.during_training import evaluator_for
+        result = train(cfg, evaluator_for(cfg))
         if result.stopped_by:  # the shell convention for "ended by a signal": 128 + its number
             return 128 + signal.Signals[result.stopped_by].value
     except (ConfigError, DataError, CheckpointError, EvaluationError) as exc:

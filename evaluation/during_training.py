@@ -1,11 +1,12 @@
 """Periodic evaluation inside a training run (main process): metrics, whether the model is the best so far, and
 whether to stop early (no improvement for `patience` evaluations, or `target` reached: time-to-quality).
 
-train_ddp.py builds it from the config's `eval` section (plain values) and hands it to the trainer, which calls
+train_ddp.py builds it from the config (`evaluator_for`) and hands it to the trainer, which calls
 `evaluate(generator, train_seconds)` when `due(epoch)`; the trainer logs the values and keeps best.pt.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -17,6 +18,14 @@ from .common import EvaluationError, cache_dir
 from .metrics import real_images, real_labels
 from .registry import CLASSIFIER, CONDITIONAL, LOWER_IS_BETTER, TRAINING_DIGITS, Measurement, measure, needing
 from .registry import parse_metrics, reported_values
+
+
+def evaluator_for(cfg) -> PeriodicEvaluator | None:
+    """The periodic evaluator a run's config asks for (None when eval.every_epochs is 0): built before training
+    starts, so a setting that cannot work is a one-line error before any run dir exists."""
+    if not cfg.eval.every_epochs:
+        return None
+    return PeriodicEvaluator(dataclasses.asdict(cfg.eval), cfg.data.root, cfg.data.image_size, cfg.model.nz)
 
 
 @dataclass

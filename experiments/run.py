@@ -89,8 +89,8 @@ def same_setting(key: str, recorded, wanted) -> bool:
 
 def preflight(member: Member) -> None:
     """What would fail every member (no classifier for the metrics, no data) fails here, once, in one line."""
-    from train_ddp import make_evaluator
-    make_evaluator(member.config)
+    from evaluation.during_training import evaluator_for
+    evaluator_for(member.config)
 
 
 class SweepRunner:
