@@ -15,14 +15,14 @@ import yaml
 
 from evaluation import registry
 
-from .losses import LOSSES
 from .models import D_CONDITIONINGS, D_NORMS
 
 IMAGE_SIZES = (28, 32, 64)
 OPTIMIZERS = ("adam", "rmsprop")
+LOSS_NAMES = ("bce", "hinge", "wgan")  # each a strategy class in dcgan/losses.py's LOSSES
 LR_DECAYS = ("none", "linear")
 TRACKERS = ("tensorboard", "wandb")
-# auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/setup.py
+# auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/plan.py
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 # torch.compile's modes without CUDA graphs of its own: those (reduce-overhead, max-autotune) fail on the GAN step,
 # where D runs three times between optimizer steps; train.cuda_graphs captures the whole step instead.
@@ -283,7 +283,7 @@ def _need(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Reject impossible values, whatever machine runs them (dcgan/setup.py checks the rest once the device and
+    """Reject impossible values, whatever machine runs them (dcgan/plan.py checks the rest once the device and
     the number of processes are known)."""
     _need(cfg.data.image_size in IMAGE_SIZES,
           f"data.image_size={cfg.data.image_size} is not supported: use one of {', '.join(map(str, IMAGE_SIZES))}")
@@ -293,7 +293,7 @@ def validate(cfg: Config) -> None:
         _need(value >= 1, f"{key}={value} must be a positive integer")
     _need(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
     _need(cfg.train.max_steps >= 0, f"train.max_steps={cfg.train.max_steps} must be 0 (no limit) or positive")
-    for key, allowed, hint in (("train.mixed_precision", PRECISIONS, ""), ("loss.name", LOSSES, ""),
+    for key, allowed, hint in (("train.mixed_precision", PRECISIONS, ""), ("loss.name", LOSS_NAMES, ""),
                                ("optim.name", OPTIMIZERS, ""), ("model.d_conditioning", D_CONDITIONINGS, ""),
                                ("model.d_norm", D_NORMS, ""), ("optim.lr_decay", LR_DECAYS, ""),
                                ("train.compile_mode", COMPILE_MODES, " (CUDA graphs: train.cuda_graphs=true)")):

@@ -82,7 +82,7 @@ class Wasserstein:
         return -fake_logits.float().mean()
 
 
-# loss.name -> strategy class (config validation accepts exactly these names)
+# loss.name -> strategy class: exactly the names dcgan/config.py's LOSS_NAMES accepts
 LOSSES = {"bce": NonSaturatingBCE, "hinge": Hinge, "wgan": Wasserstein}
 
 

@@ -63,6 +63,15 @@ def test_bad_values_name_the_key(override, names):
     assert names in message and "\n" not in message
 
 
+def test_every_accepted_loss_name_builds_its_loss():
+    """config.py validates loss.name without importing the training code; each name it accepts must be a loss."""
+    from dcgan.config import LOSS_NAMES
+    from dcgan.losses import LOSSES, build_loss
+    assert sorted(LOSS_NAMES) == sorted(LOSSES)
+    for name in LOSS_NAMES:
+        assert type(build_loss(load_config(overrides=[f"loss.name={name}", "model.d_norm=none"]).loss)) is LOSSES[name]
+
+
 def test_unquoted_no_in_yaml_means_the_string(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  mixed_precision: no\n  epochs: 3\nloss:\n  label_smoothing: off\n")
