@@ -23,7 +23,7 @@ from dcgan.checkpoint import atomic_save
 from dcgan.config import load_config
 from dcgan.models import models_for
 from dcgan.plan import use_cpu
-from dcgan.noise import grid_labels
+from dcgan.reporting import grid_labels
 from dcgan.reporting import RunLog, sample_grids
 
 

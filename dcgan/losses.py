@@ -100,7 +100,7 @@ def squared_gradient_norms(D, images: torch.Tensor, labels: torch.Tensor) -> tor
 class GradientPenalty:
     """WGAN-GP's penalty: weight * (|grad D(x_hat)| - 1)^2 at x_hat, a random mixture of a real and a fake image.
     Every process draws the mixing weights of the whole global batch from the global generator (seeded alike on
-    all processes, saved in checkpoints) and keeps its own slice, as dcgan.noise.LatentNoise does for z: the run
+    all processes, saved in checkpoints) and keeps its own slice, as dcgan.latent.LatentNoise does for z: the run
     then does not depend on the number of processes."""
 
     def __init__(self, weight: float, rank: int = 0, world_size: int = 1):

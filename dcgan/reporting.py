@@ -14,6 +14,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
+from .models import NUM_CLASSES, balanced_labels
 
 class RunLog:
     """`background`: sample grids are PNG-encoded twice (file, TensorBoard), a fixed cost per epoch end that a GPU
@@ -108,7 +109,7 @@ def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 def sample_grids(generator, ema, fixed_noise: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
                  nrow: int) -> dict[str, torch.Tensor]:
     """Fixed-noise grids of G and of its EMA (eval mode: BN running statistics), and real | fake side by side;
-    `labels`: the digits a conditional model draws (dcgan.noise.grid_labels), `nrow` images per row."""
+    `labels`: the digits a conditional model draws (grid_labels), `nrow` images per row."""
     was_training = generator.training
     generator.eval()
     fake = generator(fixed_noise, labels)
@@ -120,3 +121,12 @@ def sample_grids(generator, ema, fixed_noise: torch.Tensor, labels: torch.Tensor
     comparison = torch.cat([real_grid, gap, fake_grid], dim=2)  # real left, EMA fakes right
     return {"samples/generator": _grid(fake, nrow), "samples/ema": _grid(fake_ema, nrow),
             "samples/real_vs_fake": comparison}
+
+
+def grid_labels(count: int, conditional: bool, device: torch.device | str) -> tuple[torch.Tensor, int]:
+    """(labels, images per row) of a sample grid: `count` images in a square grid, or for a conditional model one
+    row per digit 0-9, as many columns as `count` needs (count rounded up to a multiple of 10)."""
+    if not conditional:
+        return balanced_labels(count, device), max(1, int(count ** 0.5))
+    per_row = -(-count // NUM_CLASSES)
+    return torch.arange(NUM_CLASSES, device=device).repeat_interleave(per_row), per_row

@@ -20,12 +20,13 @@ from .config import Config
 from .data import Digits, ShardedBatches
 from .ema import EmaGenerator
 from .models import models_for
-from .noise import LatentNoise, fixed_noise, global_rng_state, grid_labels, load_global_rng_state
+from .latent import LatentNoise, fixed_noise
 from .plan import RunPlan, planned_steps
 from .preemption import StopRequest
 from .health import Health, sample_spread, spread
 from .memory import peak_memory
-from .reporting import RunLog, sample_grids
+from .reporting import RunLog, grid_labels, sample_grids
+from .rng_state import global_rng_state, load_global_rng_state
 from .rundir import RunDirLock
 from .step import StepStats, build_gan_step, graphed
 

@@ -1,12 +1,8 @@
-"""Randomness that makes a run reproducible and its resume exact: the latent noise of every step, and the global
-random states a checkpoint carries."""
+"""The latent noise of a run: z for every step (reproducible, and exact across resume and any number of
+processes), and the fixed noises its sample grids and EMA statistics use."""
 from __future__ import annotations
 
-import random
-
 import torch
-
-from .models import NUM_CLASSES, balanced_labels
 
 
 class LatentNoise:
@@ -33,23 +29,3 @@ def fixed_noise(count: int, nz: int, seed: int, device: torch.device) -> torch.T
     """Noise drawn from its own seeded generator: the same on every process and run, never moving the others."""
     return torch.randn(count, nz, generator=torch.Generator().manual_seed(seed)).to(device)
 
-
-def global_rng_state() -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def load_global_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def grid_labels(count: int, conditional: bool, device: torch.device | str) -> tuple[torch.Tensor, int]:
-    """(labels, images per row) of a sample grid: `count` images in a square grid, or for a conditional model one
-    row per digit 0-9, as many columns as `count` needs (count rounded up to a multiple of 10)."""
-    if not conditional:
-        return balanced_labels(count, device), max(1, int(count ** 0.5))
-    per_row = -(-count // NUM_CLASSES)
-    return torch.arange(NUM_CLASSES, device=device).repeat_interleave(per_row), per_row
