@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from dcgan.checkpoint import CheckpointError
+from dcgan.machinery.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
 from evaluation.common import EvaluationError
@@ -22,7 +22,7 @@ from evaluation.common import EvaluationError
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist64.yaml")
 
 # The write failures a user can mend, and how. Every write goes to a temp file first and is renamed only when
-# complete (dcgan/checkpoint.py), so none of them leaves a partial file under a real name.
+# complete (dcgan/machinery/checkpoint.py), so none of them leaves a partial file under a real name.
 WRITE_FAILURE_ADVICE = {
     errno.ENOSPC: "free space there or set train.out_dir to another disk",
     errno.EDQUOT: "free space there or set train.out_dir to another disk",

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dcgan.checkpoint import atomic_save
+from dcgan.machinery.checkpoint import atomic_save
 from dcgan.config import load_config
 from dcgan.models import models_for
 from dcgan.plan import use_cpu
-from dcgan.reporting import grid_labels
-from dcgan.reporting import RunLog, sample_grids
+from dcgan.machinery.run_log import grid_labels
+from dcgan.machinery.run_log import RunLog, sample_grids
 
 
 def median_seconds(fn, repeats: int, before=lambda: None) -> float:

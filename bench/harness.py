@@ -14,7 +14,7 @@ from torch import nn
 
 from dcgan.config import ConfigError, load_config
 from dcgan.data import DataError
-from dcgan.memory import peak_memory  # noqa: F401  (the bench CLIs import it from here)
+from dcgan.machinery.memory import peak_memory  # noqa: F401  (the bench CLIs import it from here)
 from dcgan.models import models_for
 
 # Dense peak throughput, TFLOP/s (vendor datasheets), for the figure "achieved / peak", matched against the

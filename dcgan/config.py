@@ -15,7 +15,7 @@ import yaml
 
 from evaluation import registry
 
-from .models import D_CONDITIONINGS, D_NORMS
+from dcgan.models import D_CONDITIONINGS, D_NORMS
 
 IMAGE_SIZES = (28, 32, 64)
 OPTIMIZERS = ("adam", "rmsprop")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .checkpoint import CheckpointError
-from .loading import load_generator, resolve_generator_path
-from .models import NUM_CLASSES, balanced_labels
+from dcgan.machinery.checkpoint import CheckpointError
+from dcgan.loading import load_generator, resolve_generator_path
+from dcgan.models import NUM_CLASSES, balanced_labels
 
 MAX_NUM = 4096          # samples per call: more is a mistake on the command line, not a use
 WALK_KEYFRAMES = 4

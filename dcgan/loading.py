@@ -1,16 +1,16 @@
 """A trained generator from whatever a run left behind: its run dir (the latest checkpoint), a training
 checkpoint, or an exported generator.pt / generator.safetensors (with the run's config.yaml beside it).
-Everything is read as data (dcgan/checkpoint.py)."""
+Everything is read as data (dcgan/machinery/checkpoint.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from .checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
+from dcgan.machinery.checkpoint import (CheckpointError, check_training_checkpoint, exported_config, is_exported_model,
                          list_checkpoints, load_state, read_weights)
-from .config import ConfigError, config_from_dict
-from .models import Discriminator, Generator, models_for
+from dcgan.config import ConfigError, config_from_dict
+from dcgan.models import Discriminator, Generator, models_for
 
 
 def models_of(config: dict, path: Path) -> tuple[Generator, Discriminator]:

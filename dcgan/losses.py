@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .config import LossConfig
+    from dcgan.config import LossConfig
 
 
 class NonSaturatingBCE:

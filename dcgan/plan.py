@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError
-from .data import steps_per_epoch
+from dcgan.config import Config, ConfigError
+from dcgan.data import steps_per_epoch
 
 
 def use_cpu(cfg: Config) -> bool:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
-from .generate import digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
-from .loading import load_generator, resolve_generator_path
-from .models import NUM_CLASSES
+from dcgan.machinery.checkpoint import CheckpointError
+from dcgan.generate import digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
+from dcgan.loading import load_generator, resolve_generator_path
+from dcgan.models import NUM_CLASSES
 
 MAX_COUNT = 64
 WALK_FRAMES_BETWEEN = 12

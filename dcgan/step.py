@@ -3,7 +3,7 @@ batch.
 
 Accelerate wraps G and D in DistributedDataParallel when several processes train, and handles mixed precision;
 the step itself is plain PyTorch: one D update, then one G update. On one GPU the whole step is captured once as
-a CUDA graph and replayed (dcgan/cuda_graph.py), which is why it returns its statistics as one device tensor and
+a CUDA graph and replayed (dcgan/machinery/cuda_graph.py), which is why it returns its statistics as one device tensor and
 never reads the GPU from the host.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .config import Config, OptimConfig
-from .cuda_graph import GraphedStep
-from .losses import R1, GradientPenalty, Hinge, NonSaturatingBCE, Wasserstein, build_loss, build_penalties
-from .sync_batchnorm import convert_sync_batchnorm
+from dcgan.config import Config, OptimConfig
+from dcgan.machinery.cuda_graph import GraphedStep
+from dcgan.losses import R1, GradientPenalty, Hinge, NonSaturatingBCE, Wasserstein, build_loss, build_penalties
+from dcgan.machinery.sync_batchnorm import convert_sync_batchnorm
 
 
 @dataclass

@@ -14,21 +14,21 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from . import checkpoint as ckpt
-from .clock import TrainingClock
-from .config import Config
-from .data import Digits, ShardedBatches
-from .ema import EmaGenerator
-from .models import models_for
-from .latent import LatentNoise, fixed_noise
-from .plan import RunPlan, planned_steps
-from .preemption import StopRequest
-from .health import Health, sample_spread, spread
-from .memory import peak_memory
-from .reporting import RunLog, grid_labels, sample_grids
-from .rng_state import global_rng_state, load_global_rng_state
-from .rundir import RunDirLock
-from .step import StepStats, build_gan_step, graphed
+from dcgan.machinery import checkpoint as ckpt
+from dcgan.machinery.clock import TrainingClock
+from dcgan.config import Config
+from dcgan.data import Digits, ShardedBatches
+from dcgan.ema import EmaGenerator
+from dcgan.models import models_for
+from dcgan.latent import LatentNoise, fixed_noise
+from dcgan.plan import RunPlan, planned_steps
+from dcgan.machinery.preemption import StopRequest
+from dcgan.machinery.health import Health, sample_spread, spread
+from dcgan.machinery.memory import peak_memory
+from dcgan.machinery.run_log import RunLog, grid_labels, sample_grids
+from dcgan.machinery.rng_state import global_rng_state, load_global_rng_state
+from dcgan.machinery.rundir import RunDirLock
+from dcgan.step import StepStats, build_gan_step, graphed
 
 
 class Evaluator(Protocol):
@@ -95,7 +95,7 @@ class Trainer:
                 "train_seconds": self.clock.state_dict()}
 
     def load_state_dict(self, state: dict, path: Path) -> None:
-        """Continue from a checkpoint (dcgan.checkpoint.load_for_resume); a mismatch is a one-line CheckpointError."""
+        """Continue from a checkpoint (dcgan.machinery.checkpoint.load_for_resume); a mismatch is a one-line CheckpointError."""
         ckpt.load_state(self.G, state["generator"], "generator", path)
         ckpt.load_state(self.D, state["discriminator"], "discriminator", path)
         ckpt.load_state(self.ema, state["ema"], "EMA generator", path)

@@ -20,13 +20,13 @@ from accelerate import Accelerator, PartialState
 from accelerate.tracking import WandBTracker
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 
-from . import checkpoint as ckpt
-from . import rundir
-from .config import Config
-from .data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
-from .plan import plan_run, resolve_precision, use_cpu
-from .rundir import RunDirLock
-from .trainer import Evaluator, Trainer, TrainResult
+from dcgan.machinery import checkpoint as ckpt
+from dcgan.machinery import rundir
+from dcgan.config import Config
+from dcgan.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
+from dcgan.plan import plan_run, resolve_precision, use_cpu
+from dcgan.machinery.rundir import RunDirLock
+from dcgan.trainer import Evaluator, Trainer, TrainResult
 
 
 def train(cfg: Config, evaluator: Evaluator | None = None) -> TrainResult:

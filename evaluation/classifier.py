@@ -21,7 +21,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from dcgan.checkpoint import CheckpointError, read_weights
+from dcgan.machinery.checkpoint import CheckpointError, read_weights
 from dcgan.data import DataError, load_mnist_labels, load_mnist_uint8
 
 from .common import EvaluationError, cache_dir

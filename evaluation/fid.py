@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dcgan.checkpoint import CheckpointError, list_checkpoints
+from dcgan.machinery.checkpoint import CheckpointError, list_checkpoints
 from dcgan.data import DataError
 from dcgan.loading import load_generator, resolve_generator_path
 

@@ -24,7 +24,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
-from dcgan.checkpoint import CheckpointError, read_weights
+from dcgan.machinery.checkpoint import CheckpointError, read_weights
 from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
 from dcgan.models import NUM_CLASSES, balanced_labels
 

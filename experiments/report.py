@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dcgan.checkpoint import atomic_write
+from dcgan.machinery.checkpoint import atomic_write
 from dcgan.config import recorded_settings
 from evaluation.registry import LOWER_IS_BETTER, VALUES
 

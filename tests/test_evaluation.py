@@ -120,7 +120,7 @@ def test_coverage_detects_a_collapsed_generator(real_classifier, tmp_path):
 @pytest.mark.slow
 @needs_mnist
 def test_a_grey_background_alone_makes_the_classifier_read_one_class(short_run, real_classifier):
-    """Why few classes covered is not proof of a collapse (dcgan/health.py): `python -m evaluation.grey_probe` shows
+    """Why few classes covered is not proof of a collapse (dcgan/machinery/health.py): `python -m evaluation.grey_probe` shows
     real test digits, every class present, read as one class once their black is lifted to grey; setting the
     pixels below that grey back to black brings their classes back."""
     result = subprocess.run([sys.executable, "-m", "evaluation.grey_probe", "--checkpoint", str(short_run),

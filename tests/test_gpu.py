@@ -74,7 +74,7 @@ def test_cuda_graph_steps_train_like_eager_steps(conditional):
     optimizer would miss by about as much as the weights moved. Conditional: the labels are graph inputs too."""
     from accelerate import Accelerator
     from dcgan.config import load_config
-    from dcgan.cuda_graph import GraphedStep
+    from dcgan.machinery.cuda_graph import GraphedStep
     from dcgan.models import build_models
     from dcgan.step import build_gan_step, graphed
 

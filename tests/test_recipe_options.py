@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from support import TINY, assert_same_state, make_trainer
-from dcgan.checkpoint import CheckpointError
+from dcgan.machinery.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
 from dcgan.ema import EmaGenerator
 from dcgan.losses import R1, GradientPenalty, Wasserstein, build_penalties, squared_gradient_norms

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from support import ROOT, TINY, assert_same_state, load_ckpt, only_run_dir, run_train, subprocess_env, train_command
-from dcgan import rundir
-from dcgan.checkpoint import CheckpointError, atomic_save, save_checkpoint
+from dcgan.machinery import rundir
+from dcgan.machinery.checkpoint import CheckpointError, atomic_save, save_checkpoint
 
 
 def wait_for(path, proc, timeout=120):
@@ -93,7 +93,7 @@ def test_atomic_save_and_keep_last(tmp_path):
 def test_resumed_optimizer_keeps_this_runs_implementation():
     """A checkpoint of a plain Adam resumed by a run configured for fused, capturable Adam (a CUDA-graph run)
     keeps the state but not the saved run's implementation flags, which plain load_state_dict would adopt."""
-    from dcgan.checkpoint import load_optimizer_state
+    from dcgan.machinery.checkpoint import load_optimizer_state
     param = torch.nn.Parameter(torch.ones(4))
     saved_run = torch.optim.Adam([param], lr=1e-3, foreach=False)
     param.grad = torch.full_like(param, 0.5)

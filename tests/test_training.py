@@ -16,9 +16,9 @@ from torch.utils.tensorboard import SummaryWriter
 from support import (ROOT, SHARED, TINY, RunsCode, assert_same_state, load_ckpt, make_trainer, one_line_error,
                      only_run_dir, run_train, subprocess_env, train_command, free_port)
 from dcgan.models import Discriminator, Generator
-from dcgan import reporting
+from dcgan.machinery import run_log
 from dcgan.config import ConfigError
-from dcgan.health import MIN_SPREAD_RATIO, Health
+from dcgan.machinery.health import MIN_SPREAD_RATIO, Health
 from dcgan.step import StepStats
 
 LABELS = torch.arange(8) % 10   # a batch's digits for the GAN step (unconditional models ignore them)
@@ -122,10 +122,10 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
         returned_first.append(release.wait(timeout=10))  # False if image_grids only returned after this write
         Image.new("L", (2, 2)).save(fp, format=format)
 
-    monkeypatch.setattr(reporting, "save_image", slow_save)
+    monkeypatch.setattr(run_log, "save_image", slow_save)
     writer = SummaryWriter(str(tmp_path / "tensorboard"))
     accelerator = SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: writer, trackers=[])
-    log = reporting.RunLog(accelerator, tmp_path)
+    log = run_log.RunLog(accelerator, tmp_path)
     log.image_grids({"samples/ema": torch.rand(3, 8, 8)}, step=1)
     release.set()
     log.close()
@@ -134,8 +134,8 @@ def test_sample_grids_are_written_while_training_goes_on(tmp_path, monkeypatch):
     def failing_save(grid, fp, format):
         raise OSError("disk full")
 
-    monkeypatch.setattr(reporting, "save_image", failing_save)
-    log = reporting.RunLog(accelerator, tmp_path)
+    monkeypatch.setattr(run_log, "save_image", failing_save)
+    log = run_log.RunLog(accelerator, tmp_path)
     log.image_grids({"samples/ema": torch.rand(3, 8, 8)}, step=2)
     with pytest.raises(OSError, match="disk full"):
         log.close()

@@ -6,7 +6,7 @@ The file size limit (RLIMIT_FSIZE, what `ulimit -f` sets) makes the kernel send 
 would pass it; its default action ends the process at once, in the middle of that write() call. Python ignores
 SIGXFSZ at start-up (a write past the limit then fails with EFBIG instead), so it is given back its default here.
 With LIMIT between the size of the run's small files (log, events, grids) and a checkpoint's, the real writer
-(dcgan.checkpoint.atomic_write) is killed partway through the next checkpoint, its first LIMIT bytes on disk.
+(dcgan.machinery.checkpoint.atomic_write) is killed partway through the next checkpoint, its first LIMIT bytes on disk.
 """
 import resource
 import signal

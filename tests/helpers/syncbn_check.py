@@ -3,7 +3,7 @@
 
     torchrun --standalone --nproc_per_node 2 tests/helpers/syncbn_check.py OUT.json cpu|cuda
 
-cpu checks our AllReduceBatchNorm2d; cuda checks torch.nn.SyncBatchNorm, as dcgan.sync_batchnorm picks them.
+cpu checks our AllReduceBatchNorm2d; cuda checks torch.nn.SyncBatchNorm, as dcgan.machinery.sync_batchnorm picks them.
 Collectives go through gloo, which takes CUDA tensors and, unlike NCCL, lets two processes share one GPU.
 """
 import copy
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dcgan.sync_batchnorm import convert_sync_batchnorm
+from dcgan.machinery.sync_batchnorm import convert_sync_batchnorm
 
 
 def main(out_path: str, device: str) -> None:

@@ -7,7 +7,8 @@ import re
 import socket
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_DIR, CheckpointError, UnreadableCheckpoint, list_checkpoints, load_for_resume
+from dcgan.machinery.checkpoint import (CHECKPOINT_DIR, CheckpointError, UnreadableCheckpoint, list_checkpoints,
+                                       load_for_resume)
 
 _RUN = re.compile(r"^(\d{3,})-")
 

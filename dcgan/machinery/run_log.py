@@ -13,8 +13,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
-from .models import NUM_CLASSES, balanced_labels
+from dcgan.machinery.checkpoint import atomic_write
+from dcgan.models import NUM_CLASSES, balanced_labels
 
 class RunLog:
     """`background`: sample grids are PNG-encoded twice (file, TensorBoard), a fixed cost per epoch end that a GPU
