@@ -16,7 +16,7 @@ import yaml
 
 from dcgan.machinery.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
-from dcgan.data import DataError
+from dcgan.train.data import DataError
 from evaluation.common import EvaluationError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist64.yaml")
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        from dcgan.training import train  # imported late: --dry-run and config errors stay instant
+        from dcgan.train.run import train  # imported late: --dry-run and config errors stay instant
         from evaluation.during_training import evaluator_for
         result = train(cfg, evaluator_for(cfg))
         if result.stopped_by:  # the shell convention for "ended by a signal": 128 + its number

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from dcgan.machinery.checkpoint import atomic_save
 from dcgan.config import load_config
 from dcgan.models import models_for
-from dcgan.plan import use_cpu
+from dcgan.train.plan import use_cpu
 from dcgan.machinery.run_log import grid_labels
 from dcgan.machinery.run_log import RunLog, sample_grids
 

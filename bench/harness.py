@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dcgan.config import ConfigError, load_config
-from dcgan.data import DataError
+from dcgan.train.data import DataError
 from dcgan.machinery.memory import peak_memory  # noqa: F401  (the bench CLIs import it from here)
 from dcgan.models import models_for
 
@@ -48,13 +48,13 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
 
 
 class Ours:
-    """The trainer's step (dcgan.step.GANStep; one CUDA graph per step on a single GPU unless train.cuda_graphs
+    """The trainer's step (dcgan.train.step.GANStep; one CUDA graph per step on a single GPU unless train.cuda_graphs
     is off) on device-resident random images, with the trainer's own device and option checks."""
 
     def __init__(self, cfg):
         from accelerate import Accelerator
-        from dcgan.plan import plan_run, resolve_precision, use_cpu
-        from dcgan.step import build_gan_step, graphed
+        from dcgan.train.plan import plan_run, resolve_precision, use_cpu
+        from dcgan.train.step import build_gan_step, graphed
         # The trainer's own checks: fp16 without CUDA is an error, not an fp32 run under an fp16 label.
         cpu = use_cpu(cfg)
         cfg.train.mixed_precision = resolve_precision(cfg, cpu)
@@ -84,7 +84,7 @@ class Reference:
     def __init__(self, cfg, data_root: str, device: torch.device):
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
-        from dcgan.data import load_mnist_uint8
+        from dcgan.train.data import load_mnist_uint8
         load_mnist_uint8(data_root)  # a one-line DataError if the files are missing
         size = cfg.data.image_size
         dataset = datasets.MNIST(data_root, train=True, transform=transforms.Compose(

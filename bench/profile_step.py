@@ -3,7 +3,7 @@
     python -m bench.profile_step                                  # 64x64 model, batch 128, best precision
     python -m bench.profile_step --no-cuda-graphs                 # the eager step: launch-bound at batch 128?
 
-Profiles the same step bench.speed times (dcgan.step.GANStep on device-resident images). On a GPU it
+Profiles the same step bench.speed times (dcgan.train.step.GANStep on device-resident images). On a GPU it
 prints, per step: wall time without the profiler, the sum of kernel times (busy time), kernel launches, and
 busy / wall. Busy far below wall means the GPU waits for the host (Python and launch overhead: a larger batch
 or CUDA graphs help); busy close to wall means the kernels themselves are the bound.

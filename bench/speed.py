@@ -8,7 +8,7 @@
 
 "Reference" is the plain style of PyTorch's examples/dcgan/main.py: a torchvision DataLoader with per-image
 Resize/ToTensor/Normalize (2 workers), Sigmoid + BCELoss, fp32, separate real/fake backward passes and .item()
-every step; same networks, same batch. "Ours" is the trainer's step (dcgan.step.GANStep: one CUDA graph per
+every step; same networks, same batch. "Ours" is the trainer's step (dcgan.train.step.GANStep: one CUDA graph per
 step on a single GPU unless --no-cuda-graphs) on device-resident images with the chosen options.
 Throughput = real images consumed per second (one D and one G update per batch); warm-up
 excluded; rounds alternate ours/reference so machine noise hits both; medians are reported, and the last line

@@ -1,4 +1,4 @@
-"""Training throughput of the real training step (dcgan.step.GANStep), in images/s and peak memory.
+"""Training throughput of the real training step (dcgan.train.step.GANStep), in images/s and peak memory.
 
     python -m bench.throughput --config configs/mnist64.yaml
     python -m bench.throughput --config configs/mnist32.yaml --steps 50 train.mixed_precision=bf16

@@ -19,10 +19,10 @@ from dcgan.models import D_CONDITIONINGS, D_NORMS
 
 IMAGE_SIZES = (28, 32, 64)
 OPTIMIZERS = ("adam", "rmsprop")
-LOSS_NAMES = ("bce", "hinge", "wgan")  # each a strategy class in dcgan/losses.py's LOSSES
+LOSS_NAMES = ("bce", "hinge", "wgan")  # each a strategy class in dcgan/train/losses.py's LOSSES
 LR_DECAYS = ("none", "linear")
 TRACKERS = ("tensorboard", "wandb")
-# auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/plan.py
+# auto: fp16 on CUDA, bf16 on a CPU with native bf16 units, else fp32 ("no"); see dcgan/train/plan.py
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 # torch.compile's modes without CUDA graphs of its own: those (reduce-overhead, max-autotune) fail on the GAN step,
 # where D runs three times between optimizer steps; train.cuda_graphs captures the whole step instead.
@@ -283,7 +283,7 @@ def _need(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Reject impossible values, whatever machine runs them (dcgan/plan.py checks the rest once the device and
+    """Reject impossible values, whatever machine runs them (dcgan/train/plan.py checks the rest once the device and
     the number of processes are known)."""
     _need(cfg.data.image_size in IMAGE_SIZES,
           f"data.image_size={cfg.data.image_size} is not supported: use one of {', '.join(map(str, IMAGE_SIZES))}")

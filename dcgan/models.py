@@ -85,7 +85,7 @@ class Discriminator(nn.Module):
       features (summed over positions);
     - input: ten one-hot class maps joined to the image's channels (the cGAN of Mirza & Osindero 2014, as DCGAN
       code usually does it).
-    `norm`: batch (DCGAN) or none: gradient penalties (dcgan/losses.py) are per image, which BatchNorm's
+    `norm`: batch (DCGAN) or none: gradient penalties (dcgan/train/losses.py) are per image, which BatchNorm's
     mixing of the batch would make meaningless."""
 
     def __init__(self, image_size: int = 64, ndf: int = 64, nc: int = 1, extra_layers: int = 0,
@@ -188,7 +188,7 @@ def conv_flops(module: nn.Module, example: torch.Tensor) -> float:
 
 
 def step_flops(cfg, batch: int) -> float:
-    """Convolution FLOPs of one training step (dcgan/step.py): 3 G forwards (G: forward + backward) and 8 D
+    """Convolution FLOPs of one training step (dcgan/train/step.py): 3 G forwards (G: forward + backward) and 8 D
     forwards (D: 2 forwards + backward in the D phase, forward + input-gradient backward in the G phase)."""
     G, D = models_for(cfg)
     size = cfg.data.image_size

@@ -22,7 +22,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from dcgan.machinery.checkpoint import CheckpointError, read_weights
-from dcgan.data import DataError, load_mnist_labels, load_mnist_uint8
+from dcgan.train.data import DataError, load_mnist_labels, load_mnist_uint8
 
 from .common import EvaluationError, cache_dir
 

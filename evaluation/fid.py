@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from dcgan.machinery.checkpoint import CheckpointError, list_checkpoints
-from dcgan.data import DataError
+from dcgan.train.data import DataError
 from dcgan.loading import load_generator, resolve_generator_path
 
 from .common import EvaluationError, cache_dir

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dcgan.machinery.checkpoint import CheckpointError, load_checkpoint
-from dcgan.data import DataError, load_mnist_uint8, to_training_images
+from dcgan.train.data import DataError, load_mnist_uint8, to_training_images
 from dcgan.loading import build_discriminator, generator_from
 from evaluation.classifier import find_weights, load_classifier
 from evaluation.common import EvaluationError

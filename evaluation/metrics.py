@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from dcgan.machinery.checkpoint import CheckpointError, read_weights
-from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
+from dcgan.train.data import load_mnist_labels, load_mnist_uint8, to_training_images
 from dcgan.models import NUM_CLASSES, balanced_labels
 
 from .classifier import find_weights, fit_classifier, load_classifier, prepare, register_extractor, sha256_prefix

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from dcgan.config import ConfigError, flatten, recorded_settings
-from dcgan.data import DataError
+from dcgan.train.data import DataError
 from evaluation.common import EvaluationError
 
 from .sweep import REPO, Member, Sweep, SweepError, load_sweep

@@ -183,9 +183,9 @@ class RunsCode:
 def make_trainer(cfg, mnist_root, run_dir: Path):
     """An in-process Trainer for `cfg` on the small IDX set (28 px), models seeded as a run seeds them."""
     from accelerate import Accelerator
-    from dcgan.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
-    from dcgan.plan import plan_run
-    from dcgan.trainer import Trainer
+    from dcgan.train.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
+    from dcgan.train.plan import plan_run
+    from dcgan.train.loop import Trainer
 
     data = Digits(to_training_images(load_mnist_uint8(mnist_root), 28), load_mnist_labels(mnist_root))
     plan = plan_run(cfg, world_size=1, rank=0, num_images=len(data.images), cuda=False)

@@ -95,7 +95,7 @@ def test_class_metrics_reward_the_digit_asked_for(mnist_root, tiny_classifier, t
     clf_fid compares each digit's samples with that digit's real images: a generator drawing the wrong digit scores
     worse on both. The expected accuracy is the judge network's own verdict on what the generator drew, against the
     labels it was handed (not the metric's idea of them)."""
-    from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
+    from dcgan.train.data import load_mnist_labels, load_mnist_uint8, to_training_images
     from evaluation.classifier import MNIST_MEAN, MNIST_STD, load_classifier
     from evaluation.metrics import real_images, real_labels
     from evaluation.registry import Measurement, measure

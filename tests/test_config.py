@@ -66,7 +66,7 @@ def test_bad_values_name_the_key(override, names):
 def test_every_accepted_loss_name_builds_its_loss():
     """config.py validates loss.name without importing the training code; each name it accepts must be a loss."""
     from dcgan.config import LOSS_NAMES
-    from dcgan.losses import LOSSES, build_loss
+    from dcgan.train.losses import LOSSES, build_loss
     assert sorted(LOSS_NAMES) == sorted(LOSSES)
     for name in LOSS_NAMES:
         assert type(build_loss(load_config(overrides=[f"loss.name={name}", "model.d_norm=none"]).loss)) is LOSSES[name]
@@ -110,7 +110,7 @@ def test_options_and_overrides_mix_in_any_order():
 
 
 def test_accelerate_launch_flags_fill_in_auto_precision(monkeypatch):
-    from dcgan.plan import resolve_precision, use_cpu
+    from dcgan.train.plan import resolve_precision, use_cpu
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     cfg = load_config(None, [])
@@ -127,7 +127,7 @@ def test_accelerate_launch_flags_fill_in_auto_precision(monkeypatch):
 @pytest.mark.parametrize("cuda, bf16_units, expected", [(True, False, "fp16"), (False, True, "bf16"),
                                                         (False, False, "no")])
 def test_auto_precision_follows_the_device(monkeypatch, tmp_path, cuda, bf16_units, expected):
-    from dcgan import plan
+    from dcgan.train import plan
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t\t: fpu avx512f" + (" avx512_bf16" if bf16_units else "") + "\n")
@@ -143,13 +143,13 @@ def test_run_records_and_logs_the_resolved_precision(mnist_root, tmp_path):
     run_train(overrides + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.max_steps=2"])
     run_dir = only_run_dir(tmp_path)
     flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    expected = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no"    # read here, not by dcgan.plan
+    expected = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no"    # read here, not by dcgan.train.plan
     assert f"mixed_precision: {expected}" in (run_dir / "config.yaml").read_text()
     assert f"precision {expected}," in (run_dir / "train.log").read_text()
 
 
 def test_batch_must_split_over_processes_and_fit_the_dataset():
-    from dcgan.plan import plan_run
+    from dcgan.train.plan import plan_run
     cfg = load_config(None, ["train.batch_size=128", "train.epochs=2"])
     plan = plan_run(cfg, world_size=2, rank=1, num_images=1000, cuda=False)
     assert (plan.local_batch, plan.steps_per_epoch, plan.total_steps, plan.cuda_graphs) == (64, 7, 14, False)
@@ -161,7 +161,7 @@ def test_batch_must_split_over_processes_and_fit_the_dataset():
 
 def test_gpu_only_option_conflicts_are_one_line_errors():
     """Checked where a GPU is in use, before the first step (callable here: the GPU's answer for graphs is passed)."""
-    from dcgan.plan import check_cuda_options
+    from dcgan.train.plan import check_cuda_options
 
     def check(overrides):
         check_cuda_options(load_config(None, overrides), graphs=True)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from support import make_mnist
-from dcgan.data import DataError, epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
+from dcgan.train.data import DataError, epoch_indices, load_mnist_uint8, steps_per_epoch, to_training_images
 
 
 def test_real_loader_reads_idx_files(mnist_root):

@@ -115,3 +115,16 @@ def test_latent_walk_as_mp4(run, tmp_path):
     assert frames.shape[0] == 8 and frames.shape[1:3] == (3 * 30 + 2, 3 * 30 + 2)   # even sides already
     ok("--progress", run, "--out", tmp_path / "progress.mp4")
     assert iio.imread(tmp_path / "progress.mp4", plugin="FFMPEG").shape[0] == 3
+
+
+def test_drawing_from_a_run_imports_no_training_code(run, tmp_path):
+    """The tools that use a trained generator (dcgan.loading, dcgan.generate, dcgan.serve) stand apart from the
+    training code in dcgan/train/: drawing from a run's training checkpoint loads none of it."""
+    script = ("import sys\nfrom dcgan.generate import main\nimport dcgan.serve\n"
+              f"assert main(['--checkpoint', {str(run)!r}, '--num', '4', '--out', {str(tmp_path / 'g.png')!r}]) == 0\n"
+              "print('training modules:', *sorted(m for m in sys.modules if m.startswith('dcgan.train')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "g.png").is_file()
+    assert result.stdout.splitlines()[-1] == "training modules:"

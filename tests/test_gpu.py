@@ -76,7 +76,7 @@ def test_cuda_graph_steps_train_like_eager_steps(conditional):
     from dcgan.config import load_config
     from dcgan.machinery.cuda_graph import GraphedStep
     from dcgan.models import build_models
-    from dcgan.step import build_gan_step, graphed
+    from dcgan.train.step import build_gan_step, graphed
 
     def weights(*modules):
         return torch.cat([p.detach().float().flatten() for m in modules for p in m.parameters()])

@@ -6,7 +6,7 @@ import torch
 from support import DigitLookup, legible_digits, make_mnist
 from evaluation.metrics import real_images, real_labels
 from evaluation.registry import INCEPTION, LOWER_IS_BETTER, METRICS, VALUES, Measurement, measure, parse_metrics
-from dcgan.data import load_mnist_labels, load_mnist_uint8, to_training_images
+from dcgan.train.data import load_mnist_labels, load_mnist_uint8, to_training_images
 
 CPU = torch.device("cpu")
 

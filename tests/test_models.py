@@ -71,7 +71,7 @@ def test_init_statistics():
 
 
 def test_ema_update_averages_parameters_only():
-    from dcgan.ema import make_ema, update_ema
+    from dcgan.train.ema import make_ema, update_ema
     G, _ = build_models(28, nz=16, ngf=8, ndf=8)
     ema = make_ema(G)
     before = [p.clone() for p in ema.parameters()]
@@ -90,7 +90,7 @@ def test_ema_batchnorm_statistics_are_computed_for_its_own_weights():
     """Averaging shrinks weights that training rotates; with G's BatchNorm statistics copied in, the EMA's eval
     output then drifts from what its own weights produce (grey samples). Calibrated statistics fit its weights."""
     import copy
-    from dcgan.ema import calibrate_batchnorm, make_ema
+    from dcgan.train.ema import calibrate_batchnorm, make_ema
     torch.manual_seed(0)
     G, _ = build_models(32, nz=16, ngf=8, ndf=8)
     noise = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))

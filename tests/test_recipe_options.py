@@ -11,8 +11,8 @@ from torch import nn
 from support import TINY, assert_same_state, make_trainer
 from dcgan.machinery.checkpoint import CheckpointError
 from dcgan.config import ConfigError, load_config
-from dcgan.ema import EmaGenerator
-from dcgan.losses import R1, GradientPenalty, Wasserstein, build_penalties, squared_gradient_norms
+from dcgan.train.ema import EmaGenerator
+from dcgan.train.losses import R1, GradientPenalty, Wasserstein, build_penalties, squared_gradient_norms
 from dcgan.models import NUM_CLASSES, Discriminator, build_models
 
 PENALIZED = ["loss.name=wgan", "model.d_norm=none", "model.spectral_norm=true", "loss.r1_gamma=0.5",
@@ -184,7 +184,7 @@ def test_a_resume_that_changes_the_run_length_says_the_decay_moved(mnist_root, t
 
 def test_linear_lr_decay_follows_the_step():
     from accelerate import Accelerator
-    from dcgan.step import build_gan_step
+    from dcgan.train.step import build_gan_step
 
     cfg = load_config(None, TINY + ["optim.lr_decay=linear", "optim.lr_g=4e-4", "optim.lr_d=2e-4"])
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def test_d_steps_update_g_on_every_kth_step_only():
     """optim.d_steps=2: D learns on every batch, G on every second; a step without a G update reports the last
     G loss. The due steps follow the step count, which a resume restores."""
     from accelerate import Accelerator
-    from dcgan.step import build_gan_step
+    from dcgan.train.step import build_gan_step
 
     torch.manual_seed(0)
     gan = build_gan_step(load_config(None, TINY + ["optim.d_steps=2"]), Accelerator(cpu=True),

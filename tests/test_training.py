@@ -19,7 +19,7 @@ from dcgan.models import Discriminator, Generator
 from dcgan.machinery import run_log
 from dcgan.config import ConfigError
 from dcgan.machinery.health import MIN_SPREAD_RATIO, Health
-from dcgan.step import StepStats
+from dcgan.train.step import StepStats
 
 LABELS = torch.arange(8) % 10   # a batch's digits for the GAN step (unconditional models ignore them)
 
@@ -46,7 +46,7 @@ def test_training_learns_the_synthetic_digits(mnist_root, tmp_path):
     """The suite's learning check without ../shared: 200 steps on the synthetic rings bring G's mean image from an
     untrained G's distance to a fraction of it (measured: 0.70 -> 0.09; G's target flipped to 0 moves it away, to
     0.87). A learning rate ten times the default's, so that 200 CPU steps are enough."""
-    from dcgan.data import load_mnist_uint8, to_training_images
+    from dcgan.train.data import load_mnist_uint8, to_training_images
     from dcgan.models import build_models
     run_train(TINY + [f"data.root={mnist_root}", f"train.out_dir={tmp_path}", "train.epochs=1000",
                       "train.max_steps=200", "optim.lr_g=2e-3", "optim.lr_d=2e-3"])
@@ -229,7 +229,7 @@ def tiny_gan_step(overrides: list[str]):
     from accelerate import Accelerator
     from dcgan.config import load_config
     from dcgan.models import build_models
-    from dcgan.step import build_gan_step
+    from dcgan.train.step import build_gan_step
     cfg = load_config(None, [o for o in TINY if not o.startswith("data.download")] + overrides)
     torch.manual_seed(0)
     G, D = build_models(28, 16, 8, 8)
@@ -272,7 +272,7 @@ def test_one_step_updates_d_then_g_and_names_its_stats():
 
 
 def test_hinge_loss_values_and_a_hinge_step():
-    from dcgan.losses import Hinge
+    from dcgan.train.losses import Hinge
     loss = Hinge()
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
     # reals past the +1 margin and fakes past -1 cost nothing; the rest linearly
@@ -295,7 +295,7 @@ def test_default_bce_losses_have_their_closed_forms(smoothing, real_target, fake
     """The default loss against hand-computed values: D towards (smoothed) real/fake targets, G towards 1
     (the non-saturating -log D(G(z))), whatever D's targets are."""
     from dcgan.config import load_config
-    from dcgan.losses import build_loss
+    from dcgan.train.losses import build_loss
     cfg = load_config(None, [f"loss.label_smoothing={str(smoothing).lower()}", "loss.real_label=0.85",
                              "loss.fake_label=0.2"])
     loss = build_loss(cfg.loss)
@@ -357,7 +357,7 @@ def test_weights_and_biases_offline_gets_the_scalars_images_and_config(mnist_roo
 
 def test_choosing_an_uninstalled_tracker_is_a_one_line_error(mnist_root, tmp_path, monkeypatch):
     from dcgan.config import load_config
-    from dcgan.plan import check_trackers
+    from dcgan.train.plan import check_trackers
     import importlib.util
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="pip install -r requirements-wandb.txt"):

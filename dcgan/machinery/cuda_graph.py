@@ -6,7 +6,7 @@ Replaying a captured graph launches the same kernels with one call.
 
 What capture needs, and where the trainer arranges it:
 - no host sync inside the step: Adam is fused or `capturable`, so the fp16 loss scaler's step and update stay
-  on the GPU (dcgan.step.build_gan_step);
+  on the GPU (dcgan.train.step.build_gan_step);
 - fixed shapes and addresses: each call's inputs are copied into the graph's own input tensors, and the
   returned stats are the graph's output, overwritten by the next call;
 - warm-up steps before capture: cuDNN autotuning, optimizer state and the loss scale are created lazily;
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-Step = Callable[..., Any]  # tensors in (real, labels, z), tensors out (dcgan.step.StepStats)
+Step = Callable[..., Any]  # tensors in (real, labels, z), tensors out (dcgan.train.step.StepStats)
 
 
 class GraphedStep:

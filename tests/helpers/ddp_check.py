@@ -12,8 +12,8 @@ import sys
 import torch
 
 from dcgan.config import load_config
-from dcgan.data import epoch_indices, load_mnist_uint8
-from dcgan.training import train
+from dcgan.train.data import epoch_indices, load_mnist_uint8
+from dcgan.train.run import train
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:

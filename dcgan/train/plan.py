@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dcgan.config import Config, ConfigError
-from dcgan.data import steps_per_epoch
+from dcgan.train.data import steps_per_epoch
 
 
 def use_cpu(cfg: Config) -> bool:

@@ -1,10 +1,10 @@
 """Training, start to end: the same code on 1 CPU, 1 GPU or N processes.
 
     1. settle the device and precision, start the processes, plan the run: every check that can reject the
-       configuration, before a run dir exists (dcgan/plan.py)
+       configuration, before a run dir exists (dcgan/train/plan.py)
     2. the run dir and the checkpoint to resume from, decided by the main process
     3. the Accelerator, the run's config.yaml and trackers, the data on the device
-    4. the Trainer (dcgan/trainer.py) runs the loop
+    4. the Trainer (dcgan/train/loop.py) runs the loop
 
 The global batch (train.batch_size) is split evenly over the processes, so N processes train like one process
 with the whole batch (BatchNorm synchronized).
@@ -23,10 +23,10 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from dcgan.machinery import checkpoint as ckpt
 from dcgan.machinery import rundir
 from dcgan.config import Config
-from dcgan.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
-from dcgan.plan import plan_run, resolve_precision, use_cpu
+from dcgan.train.data import Digits, load_mnist_labels, load_mnist_uint8, to_training_images
+from dcgan.train.plan import plan_run, resolve_precision, use_cpu
 from dcgan.machinery.rundir import RunDirLock
-from dcgan.trainer import Evaluator, Trainer, TrainResult
+from dcgan.train.loop import Evaluator, Trainer, TrainResult
 
 
 def train(cfg: Config, evaluator: Evaluator | None = None) -> TrainResult:

@@ -16,7 +16,7 @@ from torch import nn
 
 from dcgan.config import Config, OptimConfig
 from dcgan.machinery.cuda_graph import GraphedStep
-from dcgan.losses import R1, GradientPenalty, Hinge, NonSaturatingBCE, Wasserstein, build_loss, build_penalties
+from dcgan.train.losses import R1, GradientPenalty, Hinge, NonSaturatingBCE, Wasserstein, build_loss, build_penalties
 from dcgan.machinery.sync_batchnorm import convert_sync_batchnorm
 
 
@@ -44,7 +44,7 @@ class StepStats:
 
 @dataclass
 class Objective:
-    """What D and G are trained on: the loss on D's logits and the gradient penalties on D (dcgan/losses.py), and
+    """What D and G are trained on: the loss on D's logits and the gradient penalties on D (dcgan/train/losses.py), and
     whether D's BatchNorm sees reals and fakes as one batch (loss.joint_batch)."""
     loss: NonSaturatingBCE | Hinge | Wasserstein
     penalties: list[GradientPenalty | R1] = field(default_factory=list)
@@ -108,7 +108,7 @@ class GANStep:
         return fake, real_logits, fake_logits, loss_d
 
     def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The gradient penalties due this step (dcgan/losses.py), on the unwrapped D: DDP cannot differentiate
+        """The gradient penalties due this step (dcgan/train/losses.py), on the unwrapped D: DDP cannot differentiate
         twice, and D's parameters are the same tensors, so DDP still averages their whole gradient."""
         total = torch.zeros((), device=real.device)
         for penalty in self.objective.penalties:

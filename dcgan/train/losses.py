@@ -1,6 +1,6 @@
 """GAN losses as small strategy objects: D's loss on (real, fake) logits and G's loss on fake logits.
 
-The step (dcgan/step.py) only calls `loss.discriminator(...)` and `loss.generator(...)`; a new loss (a
+The step (dcgan/train/step.py) only calls `loss.discriminator(...)` and `loss.generator(...)`; a new loss (a
 Wasserstein loss, say) is a new class here and a name in LOSSES, not a branch in the step. Each also names
 real_target and fake_target: D's mean output probabilities on reals and fakes once D has won (the health verdict
 watches for them). Losses are computed in fp32 on logits, which stays finite under fp16 autocast where
@@ -100,7 +100,7 @@ def squared_gradient_norms(D, images: torch.Tensor, labels: torch.Tensor) -> tor
 class GradientPenalty:
     """WGAN-GP's penalty: weight * (|grad D(x_hat)| - 1)^2 at x_hat, a random mixture of a real and a fake image.
     Every process draws the mixing weights of the whole global batch from the global generator (seeded alike on
-    all processes, saved in checkpoints) and keeps its own slice, as dcgan.latent.LatentNoise does for z: the run
+    all processes, saved in checkpoints) and keeps its own slice, as dcgan.train.latent.LatentNoise does for z: the run
     then does not depend on the number of processes."""
 
     def __init__(self, weight: float, rank: int = 0, world_size: int = 1):

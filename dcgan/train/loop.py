@@ -17,18 +17,18 @@ from accelerate.utils import broadcast_object_list
 from dcgan.machinery import checkpoint as ckpt
 from dcgan.machinery.clock import TrainingClock
 from dcgan.config import Config
-from dcgan.data import Digits, ShardedBatches
-from dcgan.ema import EmaGenerator
+from dcgan.train.data import Digits, ShardedBatches
+from dcgan.train.ema import EmaGenerator
 from dcgan.models import models_for
-from dcgan.latent import LatentNoise, fixed_noise
-from dcgan.plan import RunPlan, planned_steps
+from dcgan.train.latent import LatentNoise, fixed_noise
+from dcgan.train.plan import RunPlan, planned_steps
 from dcgan.machinery.preemption import StopRequest
 from dcgan.machinery.health import Health, sample_spread, spread
 from dcgan.machinery.memory import peak_memory
 from dcgan.machinery.run_log import RunLog, grid_labels, sample_grids
 from dcgan.machinery.rng_state import global_rng_state, load_global_rng_state
 from dcgan.machinery.rundir import RunDirLock
-from dcgan.step import StepStats, build_gan_step, graphed
+from dcgan.train.step import StepStats, build_gan_step, graphed
 
 
 class Evaluator(Protocol):
