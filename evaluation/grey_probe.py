@@ -24,7 +24,7 @@ from dcgan.train.data import DataError, load_mnist_uint8, to_training_images
 from dcgan.loading import build_discriminator, generator_from
 from evaluation.classifier import find_weights, load_classifier
 from evaluation.common import EvaluationError
-from evaluation.fid import checkpoints_to_evaluate
+from evaluation.measure import checkpoints_to_evaluate
 from evaluation.metrics import classify, coverage, generate, to_uint8_rgb
 
 JUDGED = 1000  # real digits and samples the classifier reads at each level (a class counts from 1% of them)

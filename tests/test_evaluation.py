@@ -206,7 +206,7 @@ def test_background_gap_sees_a_grey_drift(short_run, mnist_root, tmp_path):
 def test_cli_bad_input_is_one_line(short_run, tmp_path, capsys):
     """The first as typed, in its own process; the rest through the same main() in this one."""
     assert "does not exist" in one_line_error(cli("--checkpoint", tmp_path / "nope"))
-    from evaluation.fid import main
+    from evaluation.measure import main
     for args, expected in (((["--checkpoint", short_run, "--num-samples", "1"]), "at least 2 samples"),
                            ((["--checkpoint", short_run, "--metrics", "fid,fud"]), "unknown metric 'fud'"),
                            ((["--checkpoint", tmp_path]), "has no checkpoints")):

@@ -49,7 +49,7 @@ def test_metrics_that_share_a_computation_run_it_once(legible_root, tiny_classif
 
 
 def test_the_commands_read_the_registry(capsys):
-    from evaluation.fid import main
+    from evaluation.measure import main
     with pytest.raises(SystemExit):
         main(["--help"])
     shown = " ".join(capsys.readouterr().out.split())
