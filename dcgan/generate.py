@@ -30,6 +30,7 @@ from dcgan.models import NUM_CLASSES, balanced_labels
 
 MAX_NUM = 4096          # samples per call: more is a mistake on the command line, not a use
 WALK_KEYFRAMES = 4
+MAX_SEED = 2**63 - 1    # a signed 64-bit seed; a walk's keyframes use seed + k, still inside torch's 64 bits
 
 
 class GenerateError(ValueError):
@@ -132,6 +133,8 @@ def check(args) -> None:
         raise GenerateError(f"--num {args.num}: draw 1 to {MAX_NUM} samples")
     if args.digit is not None and not 0 <= args.digit <= 9:
         raise GenerateError(f"--digit {args.digit}: digits are 0 to 9")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise GenerateError(f"--seed {args.seed}: seeds are 0 to {MAX_SEED} (2^63 - 1)")
     if args.truncation < 0 or args.interpolate < 0 or args.fps <= 0:
         raise GenerateError("--truncation and --interpolate take 0 (off) or a positive value, --fps a positive one")
     animated = bool(args.interpolate or args.progress)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dcgan.machinery.checkpoint import CheckpointError
-from dcgan.generate import digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
+from dcgan.generate import MAX_SEED, digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
 from dcgan.loading import load_generator, resolve_generator_path
 from dcgan.models import NUM_CLASSES
 
@@ -53,8 +53,8 @@ class DigitDrawer:
         seed, count = _integer(query, "seed", "0"), _integer(query, "count", "16")
         if not 1 <= count <= MAX_COUNT:
             raise BadRequest(f"count must be 1 to {MAX_COUNT}, not {count}")
-        if seed < 0:
-            raise BadRequest(f"seed must be 0 or more, not {seed}")
+        if not 0 <= seed <= MAX_SEED:
+            raise BadRequest(f"seed must be 0 to {MAX_SEED}, not {seed}")
         return digit, seed, count
 
     @torch.no_grad()

@@ -99,6 +99,8 @@ def test_truncation_and_slerp():
     (["--checkpoint", "{run}", "--out", "g.txt"], "a grid is written as .png"),
     (["--checkpoint", "{run}", "--interpolate", "4", "--out", "w.png"], "an animation is written as .gif or .mp4"),
     (["--checkpoint", "{run}"], "say where to write"),
+    (["--checkpoint", "{run}", "--seed", "9" * 23, "--out", "{tmp}/g.png"], "seeds are 0 to"),
+    (["--checkpoint", "{run}", "--seed", "-1", "--out", "{tmp}/g.png"], "seeds are 0 to"),
     (["--progress", "{tmp}", "--out", "{tmp}/p.gif"], "has no samples/samples_ema-*.png"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, args, says, capsys):

@@ -141,6 +141,16 @@ def test_bad_requests_show_a_message_and_the_server_goes_on(browser, server):
     assert b"digit must be 0 to 9" in _error(running, "/grid.png?digit=12")
 
 
+@pytest.mark.parametrize("query", ["seed=" + "9" * 23, "seed=-1", "seed=1e3", "count=" + "9" * 30, "digit=" + "9" * 30,
+                                   "seed=0x10", "digit=7.5"])
+@pytest.mark.parametrize("endpoint", ["/grid.png", "/walk.gif"])
+def test_every_malformed_query_is_a_one_line_400(server, endpoint, query):
+    running, _ = server
+    message = _error(running, f"{endpoint}?{query}").decode()
+    assert len(message.splitlines()) == 1 and message.split(" ")[0] in ("seed", "count", "digit"), message
+    assert running.get(f"{endpoint}?digit=3&seed=5&count=4")[:4] in (b"\x89PNG", b"GIF8")   # still serving
+
+
 def test_latent_walk_is_an_animation(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
