@@ -406,7 +406,6 @@ INLINE = [
     Inline("python -m evaluation.grey_probe", "run", ["--checkpoint", "runs/000-mnist64"], "real digits:"),
     Inline("pip install -r requirements-serve.txt", "install"),
     Inline("python -m evaluation.grey_probe", "run", ["--checkpoint", "runs/000-mnist64"], "real digits:"),
-    Inline("python train_ddp.py --config configs/mnist32.yaml", "run", TINY_RUN, "done: 2 steps"),
     Inline("python -m evaluation.classifier", "block"),
     Inline("python -m pytest -q", "marker"),
     Inline("python -m pytest -m slow", "marker"),
