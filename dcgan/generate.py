@@ -21,62 +21,71 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import torch
-from torchvision.utils import make_grid, save_image
 
-from dcgan.machinery.checkpoint import CheckpointError
-from dcgan.loading import load_generator, resolve_generator_path
-from dcgan.models import NUM_CLASSES, balanced_labels
+from dcgan.generators import DIGITS, ModelFileError, open_generator
 
 MAX_NUM = 4096          # samples per call: more is a mistake on the command line, not a use
 WALK_KEYFRAMES = 4
-MAX_SEED = 2**63 - 1    # a signed 64-bit seed; a walk's keyframes use seed + k, still inside torch's 64 bits
+MAX_SEED = 2**63 - 1    # a signed 64-bit seed, as most tools take one
+PADDING = 2             # pixels between a grid's images (and round it), white, as torchvision's make_grid
 
 
 class GenerateError(ValueError):
     """A user-facing mistake; the message is one line."""
 
 
-def sample_noise(num: int, nz: int, seed: int, truncation: float = 0.0) -> torch.Tensor:
-    """N(0, 1) noise from its own seeded generator; with truncation T > 0, values beyond +-T are redrawn."""
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(num, nz, generator=rng)
-    while truncation > 0 and (outside := z.abs() > truncation).any():
-        z[outside] = torch.randn(int(outside.sum()), generator=rng)
+def sample_noise(num: int, nz: int, seed: int, truncation: float = 0.0) -> np.ndarray:
+    """N(0, 1) noise (float32) from its own seeded generator; with truncation T > 0, values beyond +-T are
+    redrawn. numpy's, so that a PyTorch and an ONNX generator draw the same digits for the same seed."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((num, nz), dtype=np.float32)
+    while truncation > 0 and (outside := np.abs(z) > truncation).any():
+        z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
     return z
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Spherical interpolation per row: Gaussian noise keeps its typical norm along the way (a straight line
     passes through the low-norm middle, where samples are atypical)."""
-    cos = (a * b).sum(1, keepdim=True) / (a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True))
-    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    cos = (a * b).sum(1, keepdims=True) / (np.linalg.norm(a, axis=1, keepdims=True) *
+                                          np.linalg.norm(b, axis=1, keepdims=True))
+    omega = np.arccos(np.clip(cos, -1 + 1e-7, 1 - 1e-7))
+    return ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)).astype(np.float32)
 
 
-def walk_noise(num: int, nz: int, seed: int, frames_between: int, truncation: float) -> list[torch.Tensor]:
+def walk_noise(num: int, nz: int, seed: int, frames_between: int, truncation: float) -> list[np.ndarray]:
     """The noise of every frame of a closed walk through WALK_KEYFRAMES random points."""
     keys = [sample_noise(num, nz, seed + k, truncation) for k in range(WALK_KEYFRAMES)]
     return [slerp(keys[k], keys[(k + 1) % WALK_KEYFRAMES], i / frames_between)
             for k in range(WALK_KEYFRAMES) for i in range(frames_between)]
 
 
-def digits_to_draw(num: int, digit: int | None, conditional: bool, device: torch.device) -> tuple[torch.Tensor, int]:
+def digits_to_draw(num: int, digit: int | None, conditional: bool) -> tuple[np.ndarray, int]:
     """(labels, images per grid row): `digit` for every sample; else for a conditional model 0-9 in turn, one
     column per digit once there are 10 or more; otherwise a square grid (an unconditional model ignores labels)."""
     square = max(1, int(num ** 0.5))
     if digit is not None:
-        return torch.full((num,), digit, device=device), square
-    return balanced_labels(num, device), (NUM_CLASSES if conditional and num >= NUM_CLASSES else square)
+        return np.full(num, digit, dtype=np.int64), square
+    return np.arange(num, dtype=np.int64) % DIGITS, (DIGITS if conditional and num >= DIGITS else square)
 
 
-def to_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """[-1, 1] images -> one (3, H, W) grid in [0, 1], `nrow` images per row, as the run's sample grids."""
-    return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] images (N, C, H, W) -> uint8 (N, H, W, 3), grey repeated to RGB."""
+    pixels = np.round(np.clip((images.astype(np.float32) + 1) / 2, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(pixels, 3 // pixels.shape[1], axis=1).transpose(0, 2, 3, 1)
 
 
-def to_frame(grid: torch.Tensor) -> np.ndarray:
-    return (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+def to_grid(images: np.ndarray, nrow: int) -> np.ndarray:
+    """[-1, 1] images -> one uint8 (H, W, 3) grid, `nrow` images per row, white between and around them: the
+    layout of the run's own sample grids (torchvision's make_grid)."""
+    pixels = to_pixels(images)
+    count, height, width = pixels.shape[:3]
+    columns, rows = min(nrow, count), -(-count // min(nrow, count))
+    grid = np.full((rows * (height + PADDING) + PADDING, columns * (width + PADDING) + PADDING, 3), 255, np.uint8)
+    for i, image in enumerate(pixels):
+        top, left = (i // columns) * (height + PADDING) + PADDING, (i % columns) * (width + PADDING) + PADDING
+        grid[top:top + height, left:left + width] = image
+    return grid
 
 
 def write_animation(frames: list[np.ndarray], out: Path, fps: float) -> None:
@@ -90,29 +99,27 @@ def write_animation(frames: list[np.ndarray], out: Path, fps: float) -> None:
     iio.imwrite(out, np.stack(frames), plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
 
 
-@torch.no_grad()
 def draw(args) -> str:
     """The generator's part: a grid, single PNGs or a latent walk. Returns what was written."""
-    G, config, _ = load_generator(resolve_generator_path(args.checkpoint), not args.no_ema, torch.device(args.device))
+    G = open_generator(args.checkpoint, not args.no_ema, args.device)
     if args.digit is not None and not G.conditional:
         raise GenerateError("--digit: this generator is unconditional (its run has no model.conditional); "
                             "it draws random digits: leave --digit out")
-    nz, device = config["model"]["nz"], torch.device(args.device)
-    labels, nrow = digits_to_draw(args.num, args.digit, G.conditional, device)
+    labels, nrow = digits_to_draw(args.num, args.digit, G.conditional)
     if args.interpolate:
-        frames = [to_frame(to_grid(G(z.to(device), labels), nrow))
-                  for z in walk_noise(args.num, nz, args.seed, args.interpolate, args.truncation)]
+        frames = [to_grid(G(z, labels), nrow) for z in walk_noise(args.num, G.nz, args.seed, args.interpolate,
+                                                                  args.truncation)]
         write_animation(frames, Path(args.out), args.fps)
         return f"{args.out}: a latent walk of {len(frames)} frames, {args.num} samples each"
-    images = G(sample_noise(args.num, nz, args.seed, args.truncation).to(device), labels)
+    images = G(sample_noise(args.num, G.nz, args.seed, args.truncation), labels)
     if args.out_dir:
         folder = Path(args.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            save_image(image.float().cpu(), folder / f"sample-{i:05d}.png", normalize=True, value_range=(-1, 1))
+        for i, pixels in enumerate(to_pixels(images)):
+            iio.imwrite(folder / f"sample-{i:05d}.png", pixels)
         return f"{folder}: {args.num} PNGs"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image(to_grid(images, nrow), args.out)
+    iio.imwrite(args.out, to_grid(images, nrow))
     return f"{args.out}: a grid of {args.num} samples"
 
 
@@ -151,7 +158,7 @@ def check(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="run dir, ckpt-*.pt, or exported generator.pt / .safetensors")
+    parser.add_argument("--checkpoint", help="run dir, ckpt-*.pt, or exported generator.pt / .safetensors / .onnx")
     parser.add_argument("--progress", help="a run dir: animate its per-epoch sample grids")
     parser.add_argument("--num", type=int, default=64, help="samples (default 64)")
     parser.add_argument("--out", help="the grid (.png) or animation (.gif) to write")
@@ -162,12 +169,12 @@ def main(argv=None) -> int:
     parser.add_argument("--interpolate", type=int, default=0, help="K: a latent walk, K frames between points")
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second of an animation (default 8)")
     parser.add_argument("--no-ema", action="store_true", help="draw with the raw generator instead of its EMA")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="PyTorch generators: cpu, cuda, ... (auto: the GPU if any)")
     args = parser.parse_intermixed_args(argv)
     try:
         check(args)
         print(progress(args) if args.progress else draw(args))
-    except (GenerateError, CheckpointError) as exc:
+    except (GenerateError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,7 +7,8 @@ The page asks for a digit (conditional models; "random" otherwise), a seed and a
 latent walk through 4 points as a GIF. It is one HTML page on Starlette (served by uvicorn), an optional dependency
 (pip install -r requirements-serve.txt): a handful of plain endpoints are all a demo needs, and the page is
 ours to test in a browser. Endpoints: / (the page), /grid.png and /walk.gif (?digit=&seed=&count=), /info.
-Generation runs on the GPU when there is one. A bad request gets a one-line message (HTTP 400); the server goes on.
+Generation runs on the GPU when there is one; a generator.onnx (python -m dcgan.export) runs on ONNX Runtime, without
+torch. A bad request gets a one-line message (HTTP 400); the server goes on.
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ import sys
 import threading
 from pathlib import Path
 
-import torch
+import imageio.v3 as iio
+import numpy as np
 
-from dcgan.machinery.checkpoint import CheckpointError
-from dcgan.generate import MAX_SEED, digits_to_draw, sample_noise, to_frame, to_grid, walk_noise
-from dcgan.loading import load_generator, resolve_generator_path
-from dcgan.models import NUM_CLASSES
+from dcgan.generate import MAX_SEED, digits_to_draw, sample_noise, to_grid, walk_noise
+from dcgan.generators import DIGITS, ModelFileError, open_generator
 
 MAX_COUNT = 64
 WALK_FRAMES_BETWEEN = 12
@@ -36,9 +36,8 @@ class BadRequest(ValueError):
 class DigitDrawer:
     """The loaded generator and what the endpoints ask of it; one request draws at a time."""
 
-    def __init__(self, checkpoint: str, device: torch.device):
-        self.G, self.config, _ = load_generator(resolve_generator_path(checkpoint), True, device)
-        self.device, self.nz = device, self.config["model"]["nz"]
+    def __init__(self, checkpoint: str, device: str = "auto"):
+        self.G = open_generator(checkpoint, True, device)
         self.source = checkpoint
         self.lock = threading.Lock()
 
@@ -48,7 +47,7 @@ class DigitDrawer:
         digit = None if digit_text == "random" else _integer(query, "digit", "0")
         if digit is not None and not self.G.conditional:
             raise BadRequest("this generator is unconditional: it draws random digits only")
-        if digit is not None and not 0 <= digit < NUM_CLASSES:
+        if digit is not None and not 0 <= digit < DIGITS:
             raise BadRequest(f"digit must be 0 to 9 or random, not {digit}")
         seed, count = _integer(query, "seed", "0"), _integer(query, "count", "16")
         if not 1 <= count <= MAX_COUNT:
@@ -57,29 +56,22 @@ class DigitDrawer:
             raise BadRequest(f"seed must be 0 to {MAX_SEED}, not {seed}")
         return digit, seed, count
 
-    @torch.no_grad()
     def grid_png(self, digit: int | None, seed: int, count: int) -> bytes:
-        from torchvision.utils import save_image
-        labels, nrow = digits_to_draw(count, digit, self.G.conditional, self.device)
+        labels, nrow = digits_to_draw(count, digit, self.G.conditional)
         with self.lock:
-            images = self.G(sample_noise(count, self.nz, seed).to(self.device), labels)
-        buffer = io.BytesIO()
-        save_image(to_grid(images, nrow), buffer, format="PNG")
-        return buffer.getvalue()
+            images = self.G(sample_noise(count, self.G.nz, seed), labels)
+        return iio.imwrite("<bytes>", to_grid(images, nrow), extension=".png")
 
-    @torch.no_grad()
     def walk_gif(self, digit: int | None, seed: int, count: int) -> bytes:
-        import imageio.v3 as iio
-        import numpy as np
-        labels, nrow = digits_to_draw(count, digit, self.G.conditional, self.device)
+        labels, nrow = digits_to_draw(count, digit, self.G.conditional)
         with self.lock:
-            frames = [to_frame(to_grid(self.G(z.to(self.device), labels), nrow))
-                      for z in walk_noise(count, self.nz, seed, WALK_FRAMES_BETWEEN, 0.0)]
+            frames = [to_grid(self.G(z, labels), nrow) for z in walk_noise(count, self.G.nz, seed,
+                                                                          WALK_FRAMES_BETWEEN, 0.0)]
         return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000 / 12, loop=0)
 
     def info(self) -> dict:
-        return {"checkpoint": self.source, "conditional": bool(self.G.conditional),
-                "image_size": self.config["data"]["image_size"], "max_count": MAX_COUNT}
+        return {"checkpoint": self.source, "conditional": self.G.conditional, "image_size": self.G.image_size,
+                "max_count": MAX_COUNT}
 
 
 def _integer(query, name: str, default: str) -> int:
@@ -177,10 +169,11 @@ show("grid.png");
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run dir, ckpt-*.pt, or exported generator.pt/.safetensors")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run dir, ckpt-*.pt, or exported generator.pt / .safetensors / .onnx (no torch needed)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines too")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="PyTorch generators: cpu, cuda, ... (auto: the GPU if any)")
     args = parser.parse_intermixed_args(argv)
     try:
         import uvicorn
@@ -189,8 +182,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        drawer = DigitDrawer(args.checkpoint, torch.device(args.device))
-    except CheckpointError as exc:
+        drawer = DigitDrawer(args.checkpoint, args.device)
+    except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"serving {Path(args.checkpoint)} on http://{args.host}:{args.port}", flush=True)

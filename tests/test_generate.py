@@ -5,12 +5,13 @@ import io
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageSequence
 
 from support import ROOT, TINY, only_run_dir, run_train, subprocess_env
-from dcgan.generate import main, sample_noise, slerp
+from dcgan.generate import main, sample_noise, slerp, to_grid
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,23 @@ def test_latent_walk_and_training_progress_are_gifs(run, tmp_path):
 
 def test_truncation_and_slerp():
     z = sample_noise(200, 16, seed=0, truncation=0.5)
-    assert z.abs().max() <= 0.5 and z.std() > 0.2                       # redrawn, not clipped to the bound
-    assert torch.equal(sample_noise(3, 4, seed=1), sample_noise(3, 4, seed=1))
+    assert z.dtype == np.float32 and np.abs(z).max() <= 0.5 and z.std() > 0.2    # redrawn, not clipped
+    assert np.array_equal(sample_noise(3, 4, seed=1), sample_noise(3, 4, seed=1))
+    assert not np.array_equal(sample_noise(3, 4, seed=1), sample_noise(3, 4, seed=2))
     a, b = sample_noise(2, 64, 0), sample_noise(2, 64, 1)
-    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
-    middle = slerp(a, b, 0.5).norm(dim=1)
-    assert (middle > 0.9 * torch.minimum(a.norm(dim=1), b.norm(dim=1))).all()   # keeps a typical norm
+    assert np.allclose(slerp(a, b, 0.0), a, atol=1e-5) and np.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    middle = np.linalg.norm(slerp(a, b, 0.5), axis=1)
+    assert (middle > 0.9 * np.minimum(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))).all()  # typical norm
+
+
+def test_grid_layout_is_torchvisions():
+    """to_grid draws the run's own sample-grid layout (torchvision's make_grid: 2 px of white between and around,
+    [-1, 1] to 0-255) without torch, so that an ONNX generator's grids look like a run's."""
+    from torchvision.utils import make_grid
+    images = np.random.default_rng(0).uniform(-1, 1, (7, 1, 5, 6)).astype(np.float32)
+    expected = make_grid(torch.from_numpy(images), nrow=3, normalize=True, value_range=(-1, 1), pad_value=1.0)
+    expected = (expected * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # as save_image
+    assert np.array_equal(to_grid(images, 3), expected)
 
 
 @pytest.mark.parametrize("args, says", [
