@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dcgan.machinery.checkpoint import atomic_write
+from dcgan.machinery.run_log import read_scalars
 from dcgan.config import recorded_settings
 from evaluation.registry import LOWER_IS_BETTER, VALUES
 
@@ -71,22 +72,6 @@ def read_member(run_dir: Path, target: float | None) -> MemberRun:
     grids = sorted((run_dir / "samples").glob("samples_ema-*.png"))
     run.grid = str(grids[-1]) if grids else None
     return run
-
-
-def read_scalars(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """tag -> (steps, values) from a run's TensorBoard event files, one value per step (the last one logged: a
-    resumed run logs again the steps after its checkpoint)."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-    if not folder.is_dir():
-        return {}
-    events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})
-    events.Reload()
-    curves = {}
-    for tag in events.Tags()["scalars"]:
-        by_step = {e.step: e.value for e in events.Scalars(tag)}
-        steps = sorted(by_step)
-        curves[tag] = (steps, [by_step[s] for s in steps])
-    return curves
 
 
 def _seconds_to(curves: dict, metric: str, target: float) -> float | None:

@@ -63,8 +63,11 @@ def atomic_save(obj, path: Path) -> None:
 def export_weights(state_dict: dict, path: Path) -> None:
     """A model's state_dict as `path` (.pt) and beside it as .safetensors, both loadable into the package's classes."""
     atomic_save(state_dict, path)
-    tensors = {name: tensor.contiguous() for name, tensor in state_dict.items()}
-    atomic_write(Path(path).with_suffix(".safetensors"), save_safetensors(tensors))
+    export_safetensors(state_dict, Path(path).with_suffix(".safetensors"))
+
+
+def export_safetensors(state_dict: dict, path: Path) -> None:
+    atomic_write(path, save_safetensors({name: tensor.contiguous() for name, tensor in state_dict.items()}))
 
 
 def remove_stale_temp_files(folder: Path) -> None:

@@ -1,4 +1,5 @@
-"""What a run tells its user: console and train.log lines, TensorBoard scalars and images, PNG grids.
+"""What a run tells its user (console and train.log lines, TensorBoard scalars and images, PNG grids), and its
+TensorBoard scalars read back (read_scalars: reports and model cards use them).
 
 Only the main process writes anything; every method is a no-op elsewhere.
 """
@@ -130,3 +131,19 @@ def grid_labels(count: int, conditional: bool, device: torch.device | str) -> tu
         return balanced_labels(count, device), max(1, int(count ** 0.5))
     per_row = -(-count // NUM_CLASSES)
     return torch.arange(NUM_CLASSES, device=device).repeat_interleave(per_row), per_row
+
+
+def read_scalars(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """tag -> (steps, values) from a run's TensorBoard event files, one value per step (the last one logged: a
+    resumed run logs again the steps after its checkpoint)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    if not folder.is_dir():
+        return {}
+    events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})
+    events.Reload()
+    curves = {}
+    for tag in events.Tags()["scalars"]:
+        by_step = {e.step: e.value for e in events.Scalars(tag)}
+        steps = sorted(by_step)
+        curves[tag] = (steps, [by_step[s] for s in steps])
+    return curves
