@@ -119,7 +119,7 @@ def logged_precision(run_dir: Path, config: dict) -> str:
     return found.group(1) if found else str(config["train"]["mixed_precision"])
 
 
-def model_card(source: Path, config: dict, training: dict, difference: float) -> str:
+def model_card(config: dict, training: dict, difference: float) -> str:
     """MODEL.md: what the file is, how it was trained, how good it measured, how to use it."""
     model, data, train, optim, loss = (config[k] for k in ("model", "data", "train", "optim", "loss"))
     size, conditional = data["image_size"], model["conditional"]
@@ -137,7 +137,8 @@ def model_card(source: Path, config: dict, training: dict, difference: float) ->
             ("seconds of training", f"{seconds:.1f}" if seconds is not None else "not recorded"),
             ("precision", training["precision"]), ("seed", str(train["seed"]))]
     lines = [f"# DCGAN generator: {training['run']}", "",
-             f"`generator.onnx`, exported by `python -m dcgan.export` from `{source}`: the EMA generator in eval "
+             f"`generator.onnx`, exported by `python -m dcgan.export` from `{training['source']}`: the EMA generator "
+             f"in eval "
              f"mode, fp32, ONNX opset {OPSET}; its weights are those of `generator.safetensors` beside it, which it "
              f"reads (ONNX external data): keep the two together. Inputs: {inputs}. Output: `images` float32 "
              f"(batch, 1, {size}, {size}) in [-1, 1], black at -1. Any batch size. Checked at export: ONNX Runtime's output is within "
@@ -152,15 +153,16 @@ def model_card(source: Path, config: dict, training: dict, difference: float) ->
                   f"{count} MNIST {reference} digits:", "", "| metric | value |", "|---|---|",
                   *[f"| {name} | {value:.4g} |" for name, value in sorted(values.items())], "",
                   f"Read these beside the real-vs-real floor at the same count (a perfect generator's score): "
-                  f"`python -m evaluation.fid --checkpoint {training['run_dir']} --metrics "
-                  f"{','.join(sorted(values))} --num-samples {count} --reference-floor` prints both."]
+                  f"`python -m evaluation.fid --checkpoint {training['folder']} --metrics "
+                  f"{config['eval']['metrics']} --num-samples {count} --reference-floor` prints both."]
     else:
         lines += ["The run did not evaluate during training (`eval.every_epochs` 0): "
-                  f"`python -m evaluation.fid --checkpoint {training['run_dir']} --reference-floor` measures it."]
+                  f"`python -m evaluation.fid --checkpoint {training['folder']} --reference-floor` measures it."]
     lines += ["", "## Samples", "", f"{GRID_SAMPLES} samples drawn by `generator.onnx` on ONNX Runtime, seed 0"
               + (", one column per digit" if conditional else "") + ":", "", "![samples](samples.png)", "",
-              "## Use", "", "```bash", "python -m dcgan.generate --checkpoint generator.onnx --num 64 --out grid.png",
-              "python -m dcgan.serve --checkpoint generator.onnx", "```", ""]
+              "## Use", "", "```bash",
+              f"python -m dcgan.generate --checkpoint {training['folder']}/generator.onnx --num 64 --out grid.png",
+              f"python -m dcgan.serve --checkpoint {training['folder']}/generator.onnx", "```", ""]
     return "\n".join(lines)
 
 
@@ -193,10 +195,12 @@ def export(target: str, out: str | None) -> Path:
     digits, nrow = digits_to_draw(GRID_SAMPLES, None, drawn.conditional)
     atomic_write(folder / "samples.png", _png(to_grid(drawn(sample_noise(GRID_SAMPLES, drawn.nz, 0), digits), nrow)))
     state = read_weights(path)
-    training = {"run": run_dir.name, "run_dir": run_dir, "step": step, "precision": logged_precision(run_dir, config),
+    source = path.relative_to(run_dir.parent) if path.is_relative_to(run_dir.parent) else path
+    training = {"run": run_dir.name, "source": source, "folder": folder, "step": step,
+                "precision": logged_precision(run_dir, config),
                 "train_seconds": None if is_exported_model(state) else state.get("train_seconds"),
                 "evaluation": last_evaluation(run_dir)}
-    atomic_write(folder / "MODEL.md", model_card(path, config, training, difference).encode())
+    atomic_write(folder / "MODEL.md", model_card(config, training, difference).encode())
     return folder
 
 

@@ -58,13 +58,17 @@ def load_generator(path: Path, use_ema: bool, device: torch.device) -> tuple[Gen
 
 
 def resolve_generator_path(target: str | Path) -> Path:
-    """A run dir means its latest checkpoint; a file is itself."""
+    """A run dir means its latest checkpoint; a folder without checkpoints (pretrained/mnist32_cond, an export)
+    its generator.safetensors; a file is itself."""
     path = Path(target)
     if path.is_dir():
         found = list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"{path} has no checkpoints/ckpt-*.pt (is it a run directory?)")
-        return found[-1]
+        if found:
+            return found[-1]
+        if (path / "generator.safetensors").is_file():
+            return path / "generator.safetensors"
+        raise CheckpointError(f"{path} has no checkpoints/ckpt-*.pt nor generator.safetensors (is it a run "
+                              f"directory?)")
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist (give a run directory, a ckpt-*.pt, or an exported "
                               f"generator.pt / generator.safetensors)")

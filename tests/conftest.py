@@ -80,5 +80,5 @@ def pytest_itemcollected(item):
     item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
 
 
-SHARED_WORKER = {"test_slurm": "slurm", "test_readme": "slurm",
+SHARED_WORKER = {"test_slurm": "slurm", "test_readme": "slurm", "test_pretrained": "real_classifier",
                  "test_evaluation": "real_classifier", "test_quality": "real_classifier"}

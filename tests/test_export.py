@@ -84,7 +84,7 @@ def test_the_command_writes_the_onnx_its_card_and_grid(runs, tmp_path):
     assert result.stdout.startswith(f"{tmp_path / 'out' / 'generator.onnx'}: ONNX opset 18, checked")
     card = (tmp_path / "out" / "MODEL.md").read_text()
     for part in ("## Training", "## Last evaluation", "## Samples", "`digit` int64", "(batch, 1, 32, 32)",
-                 "![samples](samples.png)", "python -m dcgan.serve --checkpoint generator.onnx"):
+                 "![samples](samples.png)", f"python -m dcgan.serve --checkpoint {tmp_path / 'out'}/generator.onnx"):
         assert part in card, part
     with Image.open(tmp_path / "out" / "samples.png") as grid:      # 64 samples, one column per digit
         assert grid.size == (10 * 34 + 2, 7 * 34 + 2)

@@ -1,0 +1,44 @@
+"""pretrained/mnist32_cond: the shipped conditional generator (bash pretrained/remake.sh makes it). Its files load,
+its PyTorch and ONNX forms agree, it fits in 2 MB, and it draws the digit it is asked for."""
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from support import ROOT
+from dcgan.generate import sample_noise, to_pixels
+from dcgan.generators import OnnxGenerator, TorchGenerator
+
+PRETRAINED = ROOT / "pretrained" / "mnist32_cond"
+FILES = {"generator.safetensors", "generator.onnx", "config.yaml", "MODEL.md", "samples.png"}
+
+
+def test_the_shipped_files_and_their_size():
+    assert {p.name for p in PRETRAINED.iterdir()} == FILES
+    assert sum(p.stat().st_size for p in PRETRAINED.iterdir()) < 2 * 1024 * 1024
+    config = yaml.safe_load((PRETRAINED / "config.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "configs" / "mnist32_cond.yaml").read_text())
+    for section in ("model", "optim", "loss"):
+        assert {k: config[section][k] for k in shipped[section]} == shipped[section], section
+    card = (PRETRAINED / "MODEL.md").read_text()
+    assert "| steps trained | 14055 |" in card and "| class_accuracy |" in card and "10000 samples" in card
+
+
+def test_pytorch_and_onnx_draw_the_same_digits():
+    pytest.importorskip("onnxruntime", reason="requirements-onnx.txt")
+    torch_G, onnx_G = TorchGenerator(PRETRAINED / "generator.safetensors", True, "cpu"), OnnxGenerator(
+        PRETRAINED / "generator.onnx")
+    assert (onnx_G.nz, onnx_G.conditional, onnx_G.image_size) == (torch_G.nz, True, 32)
+    z, digits = sample_noise(50, torch_G.nz, seed=11), np.arange(50) % 10
+    assert np.abs(torch_G(z, digits) - onnx_G(z, digits)).max() <= 1e-4
+
+
+def test_it_draws_the_digit_asked_for(real_classifier):
+    from evaluation.metrics import classify
+    G = TorchGenerator(PRETRAINED / "generator.safetensors", True, "cpu")
+    digits = np.repeat(np.arange(10), 50)
+    pixels = torch.from_numpy(to_pixels(G(sample_noise(500, G.nz, seed=0), digits))).permute(0, 3, 1, 2)
+    read = classify(pixels.contiguous(), real_classifier, torch.device("cpu")).argmax(1).numpy()
+    accuracy = (read == digits).mean()
+    print(f"the classifier reads {accuracy:.3f} of 500 samples as the digit asked for")
+    assert accuracy >= 0.95 and min((read[digits == d] == d).mean() for d in range(10)) >= 0.8
