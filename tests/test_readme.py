@@ -126,6 +126,13 @@ COMMANDS = [
     Command("python -m experiments.report runs/baseline", "run", [], "| mnist32-seed2 |", "runs/baseline/report.md"),
     Command("sbatch slurm/sweep.sbatch configs/experiments/precision.yaml", "run", SWEEP_RUN,
             "| mixed |", "runs/precision/report.md", slurm=True),
+    # "container": run as written (with the test machine's base image, network and pip settings added) by
+    # tests/test_containers.py in the slow tier: building the images takes minutes and gigabytes
+    Command("podman build -t dcgan-ddp .", "container"),
+    Command("podman run --rm -v ./data:/app/data -v ./runs:/app/runs dcgan-ddp --config configs/mnist32.yaml",
+            "container"),
+    Command("podman build -f Containerfile.serve -t dcgan-serve .", "container"),
+    Command("podman run --rm -p 7860:7860 -v ./pretrained/mnist32_cond:/model:ro dcgan-serve", "container"),
     Command("accelerate launch train_ddp.py train.resume=latest", "run", TINY[:-1] + ["train.max_steps=4"],
             "done: 4 steps"),
     Command("accelerate launch train_ddp.py train.resume=runs/003-mnist64/checkpoints/ckpt-00002000.pt", "run",
