@@ -25,12 +25,11 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
 import yaml
-from onnx import numpy_helper
 
 from dcgan.config import config_from_dict
 from dcgan.generate import digits_to_draw, sample_noise, to_grid
@@ -39,6 +38,9 @@ from dcgan.loading import load_generator, resolve_generator_path
 from dcgan.machinery.checkpoint import (CheckpointError, atomic_write, export_safetensors, is_exported_model,
                                        read_weights)
 from dcgan.machinery.run_log import read_scalars
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 18              # ONNX Runtime 1.16+ runs it; torch's exporter writes 18 natively
 TOLERANCE = 1e-4        # largest |ONNX Runtime - PyTorch| accepted, fp32 on the CPU
@@ -73,6 +75,8 @@ def link_weights(model: onnx.ModelProto, weights_file: Path) -> int:
     """Point every initializer that generator.safetensors holds (same name, fp32, equal values) at its bytes
     there (ONNX external data: file, offset, length), so the weights are stored once for both runtimes. Returns
     how many were linked."""
+    import onnx
+    from onnx import numpy_helper
     data = weights_file.read_bytes()
     header_size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + header_size])
@@ -237,8 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="run dir, ckpt-*.pt, or exported generator.safetensors/.pt")
     parser.add_argument("--out", help="folder to write into (default: the run dir)")
     args = parser.parse_intermixed_args(argv)
-    try:
-        import onnx  # noqa: F401  (the exporter's own dependency: a clear line rather than its ImportError)
+    try:  # the exporter's own dependencies, imported where used: here a clear line rather than an ImportError
+        import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         print("error: exporting needs onnx and onnxscript: pip install -r requirements-onnx.txt", file=sys.stderr)

@@ -13,7 +13,6 @@ torch. A bad request gets a one-line message (HTTP 400); the server goes on.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import threading

@@ -8,6 +8,8 @@ import struct
 import subprocess
 import time
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import json
@@ -83,6 +85,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fetch_when_up(url: str, check_alive, seconds: float = 120) -> bytes:
+    """GET `url` from a server that is starting: retried until it answers; `check_alive()` raises (with the
+    server's own output) once the server has died, rather than waiting out the time."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=10).read()
+        except (urllib.error.URLError, ConnectionError):
+            check_alive()
+            assert time.time() < deadline, f"{url}: no answer in {seconds:g} s"
+            time.sleep(0.1)
 
 
 def subprocess_env() -> dict:

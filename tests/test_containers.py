@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support import ROOT, SHARED, free_port
+from support import ROOT, SHARED, fetch_when_up, free_port
 from test_readme import COMMANDS
 
 pytestmark = pytest.mark.slow
@@ -130,14 +130,11 @@ def test_serve_image_serves_a_generator_onnx_without_torch(podman):
     assert server.returncode == 0, server.stderr
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                png = urllib.request.urlopen(f"{base}/grid.png?digit=3&seed=1&count=16", timeout=10).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        else:
-            raise AssertionError(run(["podman", "logs", name], podman["env"]).stderr[-3000:])
+
+        def check_alive():
+            logs = run(["podman", "logs", name], podman["env"])
+            assert logs.returncode == 0, "the container is gone (it stopped: run its image by hand to see why)"
+        png = fetch_when_up(f"{base}/grid.png?digit=3&seed=1&count=16", check_alive)
         (Path(podman["env"]["CONTAINERS_CONF"]).parent / "grid.png").write_bytes(png)
         pixels = np.asarray(Image.open(Path(podman["env"]["CONTAINERS_CONF"]).parent / "grid.png"))
         assert pixels.shape == (4 * 34 + 2, 4 * 34 + 2, 3) and pixels.std() > 20      # digits, not a blank

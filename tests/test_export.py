@@ -3,7 +3,6 @@ conditional and not; and dcgan.generate / dcgan.serve drawing from generator.onn
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -13,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from support import ROOT, free_port, subprocess_env
+from support import ROOT, fetch_when_up, free_port, subprocess_env
 from dcgan.config import load_config
 from dcgan.export import export
 from dcgan.generators import OnnxGenerator
@@ -93,6 +92,16 @@ def test_the_command_writes_the_onnx_its_card_and_grid(runs, tmp_path):
     assert mistake.returncode == 2 and mistake.stderr.count("\n") == 1 and "does not exist" in mistake.stderr
 
 
+def test_export_without_onnx_installed_is_one_line(runs):
+    folder, _ = runs[28, False]
+    script = ("import sys; sys.modules['onnx'] = None\nfrom dcgan.export import main\n"
+              f"sys.exit(main(['--checkpoint', {str(folder)!r}]))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == ("error: exporting needs onnx and onnxscript: pip install -r "
+                                                        "requirements-onnx.txt\n")
+
+
 def test_generate_draws_from_onnx_without_torch(runs, tmp_path):
     folder, _ = runs[28, True]
     script = NO_TORCH + ("from dcgan.generate import main\n"
@@ -134,13 +143,10 @@ def test_serve_runs_on_onnx_without_torch(runs):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                info = urllib.request.urlopen(f"{base}/info", timeout=5).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.1)
+
+        def check_alive():
+            assert server.poll() is None, server.stderr.read()
+        info = fetch_when_up(f"{base}/info", check_alive)
         assert json.loads(info) | {"checkpoint": None} == {"checkpoint": None, "conditional": True, "image_size": 28,
                                                            "max_count": 64}
         png = urllib.request.urlopen(f"{base}/grid.png?digit=3&seed=1&count=9", timeout=30).read()
