@@ -1,11 +1,14 @@
 """pretrained/mnist32_cond: the shipped conditional generator (bash pretrained/remake.sh makes it). Its files load,
 its PyTorch and ONNX forms agree, it fits in 2 MB, and it draws the digit it is asked for."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from support import ROOT
+from support import ROOT, TINY, subprocess_env
 from dcgan.generate import sample_noise, to_pixels
 from dcgan.generators import OnnxGenerator, TorchGenerator
 
@@ -42,3 +45,16 @@ def test_it_draws_the_digit_asked_for(real_classifier):
     accuracy = (read == digits).mean()
     print(f"the classifier reads {accuracy:.3f} of 500 samples as the digit asked for")
     assert accuracy >= 0.95 and min((read[digits == d] == d).mean() for d in range(10)) >= 0.8
+
+
+def test_the_remake_script_makes_such_a_folder(mnist_root, tiny_classifier, tmp_path):
+    """pretrained/remake.sh as shipped, made small: a few steps of a tiny model on the small test digits."""
+    small = [a for a in TINY if not a.startswith("data.image_size")] + ["train.max_steps=4", "eval.num_samples=64"]
+    env = subprocess_env() | {"OUT": str(tmp_path / "out"), "TRAIN_ARGS": " ".join(small), "PYTHON": sys.executable,
+                              "DCGAN_CACHE": str(tiny_classifier.parent)}
+    result = subprocess.run(["bash", "pretrained/remake.sh", str(mnist_root)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == FILES
+    card = (tmp_path / "out" / "MODEL.md").read_text()
+    assert "| steps trained | 4 |" in card and "conditional (projection)" in card
