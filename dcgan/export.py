@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 import yaml
@@ -197,7 +198,8 @@ def export(target: str, out: str | None) -> Path:
         candidate.unlink(missing_ok=True)
     drawn = OnnxGenerator(onnx_file)
     digits, nrow = digits_to_draw(GRID_SAMPLES, None, drawn.conditional)
-    atomic_write(folder / "samples.png", _png(to_grid(drawn(sample_noise(GRID_SAMPLES, drawn.nz, 0), digits), nrow)))
+    grid = to_grid(drawn(sample_noise(GRID_SAMPLES, drawn.nz, 0), digits), nrow)
+    atomic_write(folder / "samples.png", iio.imwrite("<bytes>", grid, extension=".png"))
     state = read_weights(path)
     source = path.relative_to(run_dir.parent) if path.is_relative_to(run_dir.parent) else path
     training = {"run": run_dir.name, "source": source, "folder": folder, "step": step,
@@ -229,11 +231,6 @@ def place_weights(G: torch.nn.Module, config: dict, folder: Path) -> Path:
 def count_integer_buffers(G: torch.nn.Module) -> int:
     """State-dict entries that are no graph weight (BatchNorm's num_batches_tracked)."""
     return sum(not v.is_floating_point() for v in G.state_dict().values())
-
-
-def _png(grid: np.ndarray) -> bytes:
-    import imageio.v3 as iio
-    return iio.imwrite("<bytes>", grid, extension=".png")
 
 
 def main(argv=None) -> int:

@@ -92,6 +92,13 @@ def test_truncation_and_slerp():
     assert (middle > 0.9 * np.minimum(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))).all()  # typical norm
 
 
+def test_the_torch_free_digit_count_is_the_models():
+    """dcgan/generators.py cannot import dcgan.models (torch) for its class count: it keeps its own, equal."""
+    from dcgan.generators import DIGITS
+    from dcgan.models import NUM_CLASSES
+    assert DIGITS == NUM_CLASSES
+
+
 def test_grid_layout_is_torchvisions():
     """to_grid draws the run's own sample-grid layout (torchvision's make_grid: 2 px of white between and around,
     [-1, 1] to 0-255) without torch, so that an ONNX generator's grids look like a run's."""
