@@ -154,12 +154,20 @@ def model_card(config: dict, training: dict, difference: float) -> str:
     if evaluation:
         step, values = evaluation
         count, reference = config["eval"]["num_samples"], config["eval"]["reference"]
+        other = "train" if reference == "test" else "test"
+        floor = training["floor"]
+        measured = isinstance(floor, dict)
         lines += [f"The run's in-training evaluation at step {step}, {count} samples of the EMA generator against "
-                  f"{count} MNIST {reference} digits:", "", "| metric | value |", "|---|---|",
-                  *[f"| {name} | {value:.4g} |" for name, value in sorted(values.items())], "",
-                  f"Read these beside the real-vs-real floor at the same count (a perfect generator's score): "
-                  f"`python -m evaluation.fid --checkpoint {training['folder']} --metrics "
-                  f"{config['eval']['metrics']} --num-samples {count} --reference-floor` prints both."]
+                  f"{count} MNIST {reference} digits, beside the real-vs-real floor: {count} real {other} digits "
+                  f"measured the same way against the same {reference} digits, a perfect generator's score "
+                  f"(none for the conditional metrics: real digits are not drawn for a requested class).", "",
+                  "| metric | value | floor |", "|---|---|---|",
+                  *[f"| {name} | {value:.4g} | {f'{floor[name]:.4g}' if measured and name in floor else '-'} |"
+                    for name, value in sorted(values.items())]]
+        if not measured:
+            lines += ["", f"The floor was not measured at export ({floor}): `python -m evaluation.fid --checkpoint "
+                          f"{training['folder']} --metrics {config['eval']['metrics']} --num-samples {count} "
+                          f"--reference-floor` prints it."]
     else:
         lines += ["The run did not evaluate during training (`eval.every_epochs` 0): "
                   f"`python -m evaluation.fid --checkpoint {training['folder']} --reference-floor` measures it."]
@@ -171,8 +179,23 @@ def model_card(config: dict, training: dict, difference: float) -> str:
     return "\n".join(lines)
 
 
-def export(target: str, out: str | None) -> Path:
-    """Write generator.onnx, samples.png and MODEL.md for the generator `target` names; returns the folder."""
+def evaluation_floor(config: dict, data_root: str | None) -> dict[str, float] | str:
+    """The real-vs-real floor of the run's in-training evaluation (its metrics, count, reference and judge), or
+    why it cannot be measured here (the data or the judge missing)."""
+    from evaluation.common import EvaluationError
+    from evaluation.during_training import PeriodicEvaluator
+    from dcgan.train.data import DataError
+    root = data_root or config["data"]["root"]
+    try:
+        evaluator = PeriodicEvaluator(config["eval"], root, config["data"]["image_size"], config["model"]["nz"])
+        return evaluator.floor(torch.device("cpu"))
+    except (EvaluationError, DataError) as exc:
+        return str(exc).rstrip(".")
+
+
+def export(target: str, out: str | None, floor_data: str | None = None, with_floor: bool = True) -> Path:
+    """Write generator.onnx, samples.png and MODEL.md for the generator `target` names; returns the folder. The
+    card's floor is measured on MNIST at `floor_data` (default: the run's data.root) unless `with_floor` is off."""
     path = resolve_generator_path(target)
     if path.suffix.lower() == ".onnx":
         raise ExportError(f"{path} is already ONNX: give the run dir, a checkpoint or generator.safetensors")
@@ -206,6 +229,11 @@ def export(target: str, out: str | None) -> Path:
                 "precision": logged_precision(run_dir, config),
                 "train_seconds": None if is_exported_model(state) else state.get("train_seconds"),
                 "evaluation": last_evaluation(run_dir)}
+    if training["evaluation"]:
+        training["floor"] = evaluation_floor(config, floor_data) if with_floor else "--no-floor"
+        if isinstance(training["floor"], str) and with_floor:
+            print(f"note: the model card's floor was not measured ({training['floor']}): --data-root names the "
+                  f"folder holding MNIST/raw/", file=sys.stderr)
     atomic_write(folder / "MODEL.md", model_card(config, training, difference).encode())
     return folder
 
@@ -237,6 +265,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run dir, ckpt-*.pt, or exported generator.safetensors/.pt")
     parser.add_argument("--out", help="folder to write into (default: the run dir)")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ for the card's real-vs-real floor "
+                                            "(default: the run's data.root)")
+    parser.add_argument("--no-floor", action="store_true", help="leave the floor out of the card (it costs one "
+                                                                "evaluation of real digits)")
     args = parser.parse_intermixed_args(argv)
     try:  # the exporter's own dependencies, imported where used: here a clear line rather than an ImportError
         import onnx  # noqa: F401
@@ -245,7 +277,7 @@ def main(argv=None) -> int:
         print("error: exporting needs onnx and onnxscript: pip install -r requirements-onnx.txt", file=sys.stderr)
         return 2
     try:
-        folder = export(args.checkpoint, args.out)
+        folder = export(args.checkpoint, args.out, args.data_root, not args.no_floor)
     except (ExportError, CheckpointError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

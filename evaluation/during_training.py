@@ -15,9 +15,9 @@ import torch
 
 from .classifier import find_weights
 from .common import EvaluationError, cache_dir
-from .metrics import real_images, real_labels
+from .metrics import check_class_counts, real_images, real_labels
 from .registry import CLASSIFIER, CONDITIONAL, LOWER_IS_BETTER, TRAINING_DIGITS, Measurement, measure, needing
-from .registry import parse_metrics, reported_values
+from .registry import parse_metrics, real_vs_real, reported_values
 
 
 def evaluator_for(cfg) -> PeriodicEvaluator | None:
@@ -59,7 +59,10 @@ class PeriodicEvaluator:
         count, split = self.settings["num_samples"], self.settings["reference"]
         self.reference = real_images(data_root, split, image_size, count)
         self.reference_labels = real_labels(data_root, split, count) if needing(self.metrics, CONDITIONAL) else None
+        if "class" in self.metrics:
+            check_class_counts(self.reference_labels, count)
         other = "train" if split == "test" else "test"
+        self.held_out = (data_root, other, image_size)  # real digits never compared with themselves
         self.training_digits = ((real_images(data_root, other, image_size, count), real_labels(data_root, other, count))
                                 if needing(self.metrics, TRAINING_DIGITS) else None)
         self.reference_name = f"mnist-{split}-{image_size}px-{count}"
@@ -79,13 +82,24 @@ class PeriodicEvaluator:
         return Evaluation(values, improved, summary, self.stop_reason(values, train_seconds))
 
     def measure(self, generator: torch.nn.Module) -> dict[str, float]:
-        s = self.settings
-        subject = Measurement(generator, self.nz, self.reference, self.reference_name, s["num_samples"],
-                              next(generator.parameters()).device, batch_size=200, seed=0,
-                              cache_root=cache_dir() / "fidelity", inception_weights=s["inception_weights"] or None,
-                              classifier_weights=s["classifier_weights"] or None,
-                              reference_labels=self.reference_labels, training_digits=self.training_digits)
+        subject = self.subject(generator, next(generator.parameters()).device)
         return {r.metric: r.value for r in measure(subject, self.metrics) if r.value is not None}
+
+    def floor(self, device: torch.device) -> dict[str, float]:
+        """The real-vs-real floor of these evaluations: real digits of the other split measured as the generator is
+        (same metrics, count, reference and judge), for every value but the conditional metrics'."""
+        root, split, size = self.held_out
+        held_out = real_images(root, split, size, self.settings["num_samples"])
+        rows = real_vs_real(self.subject(held_out, device), held_out, self.metrics)
+        return {r.metric: r.value for r in rows if r.value is not None}
+
+    def subject(self, source: torch.nn.Module | torch.Tensor, device: torch.device) -> Measurement:
+        s = self.settings
+        return Measurement(source, self.nz, self.reference, self.reference_name, s["num_samples"], device,
+                           batch_size=200, seed=0, cache_root=cache_dir() / "fidelity",
+                           inception_weights=s["inception_weights"] or None,
+                           classifier_weights=s["classifier_weights"] or None,
+                           reference_labels=self.reference_labels, training_digits=self.training_digits)
 
     def record(self, values: dict[str, float]) -> bool:
         """True when this evaluation is the best so far by best_metric."""

@@ -30,6 +30,7 @@ from dcgan.loading import load_generator, resolve_generator_path
 from .common import EvaluationError, cache_dir
 from .metrics import Result, real_images, real_labels
 from .registry import CONDITIONAL, TRAINING_DIGITS, Measurement, help_text, measure, needing, parse_metrics
+from .registry import real_vs_real
 
 
 def checkpoints_to_evaluate(target: str, every: bool) -> list[Path]:
@@ -59,13 +60,8 @@ def evaluate_checkpoint(path: Path, args, metrics: list[str], device: torch.devi
                                    real_labels(root, other, args.num_samples))
     rows = measure(subject, metrics)
     if args.reference_floor:
-        # (No floor for the conditional metrics: real digits are not drawn for a requested class.)
-        floor_subject = dataclasses.replace(subject, source=real_images(root, other, size, args.num_samples),
-                                            _images=None)
-        floor = measure(floor_subject, [m for m in metrics if m not in needing(metrics, CONDITIONAL)])
-        for row in floor:
-            row.metric = f"floor_{row.metric}"
-        rows += floor
+        rows += [dataclasses.replace(row, metric=f"floor_{row.metric}") for row in
+                 real_vs_real(subject, real_images(root, other, size, args.num_samples), metrics)]
     return rows, step
 
 

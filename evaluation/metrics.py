@@ -248,6 +248,7 @@ def class_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_labels:
     (each digit's samples against the reference's images of that digit, clf_fid averaged over the digits)."""
     if reference_labels is None:
         raise EvaluationError("metric 'class' needs the reference's labels (evaluation passes them; see measure)")
+    check_class_counts(reference_labels, len(fake))
     start = time.time()
     asked = balanced_labels(len(fake))
     accuracy = (classify(fake, weights, device).argmax(1) == asked).float().mean().item()
@@ -263,6 +264,18 @@ def class_metrics(fake: torch.Tensor, reference: torch.Tensor, reference_labels:
     return [Result("class_accuracy", accuracy, len(fake), reference_name, weights.name, seconds),
             Result("clf_fid_per_class", sum(per_class) / len(per_class), len(fake), reference_name, weights.name,
                    seconds, f"clf_fid of digits 0-9: {shown}")]
+
+
+def check_class_counts(reference_labels: torch.Tensor, count: int) -> None:
+    """clf_fid_per_class compares each digit's samples with the reference's images of that digit: a covariance
+    needs at least 2 of each, else a one-line error naming the digit."""
+    real = torch.bincount(reference_labels, minlength=NUM_CLASSES)
+    drawn = torch.bincount(balanced_labels(count), minlength=NUM_CLASSES)
+    for digit in range(NUM_CLASSES):
+        if min(real[digit], drawn[digit]) < 2:
+            raise EvaluationError(f"metric 'class' needs at least 2 samples and 2 reference images of each digit; "
+                                  f"{count} samples give {int(drawn[digit])} {digit}s and the reference has "
+                                  f"{int(real[digit])}: raise --num-samples (eval.num_samples in training)")
 
 
 def median_background(images: torch.Tensor) -> float:

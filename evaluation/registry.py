@@ -10,7 +10,7 @@ reading the table (config validation, --help) stays cheap.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -179,3 +179,12 @@ def measure(m: Measurement, metrics: list[str]) -> list[Result]:
             done.add(metric.compute)
             rows += metric.compute(m, [n for n in METRICS if n in metrics and METRICS[n].compute is metric.compute])
     return rows
+
+
+def real_vs_real(subject: Measurement, held_out: torch.Tensor, metrics: list[str]) -> list[Result]:
+    """`metrics` of real digits of the other split (`held_out`, uint8) against the subject's reference: a
+    perfect generator's score at this count, the floor to read a generator's figures beside. No conditional
+    metric: real digits are not drawn for a requested class."""
+    real = replace(subject, source=held_out, _images=None)
+    return measure(real, [m for m in metrics if m not in needing(metrics, CONDITIONAL)])
+

@@ -158,3 +158,15 @@ def test_serve_runs_on_onnx_without_torch(runs):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_floor_that_cannot_be_measured_is_said_so_on_the_card(tmp_path):
+    from dcgan.export import evaluation_floor, model_card
+    config = load_config(overrides=["model.conditional=true", "eval.metrics=clf_fid,class"]).to_dict()
+    reason = evaluation_floor(config, str(tmp_path / "no-mnist"))
+    assert isinstance(reason, str) and "\n" not in reason and str(tmp_path / "no-mnist") in reason
+    training = {"run": "000-mnist32", "source": "x", "folder": "runs/000-mnist32", "step": 10, "precision": "no",
+                "train_seconds": 1.0, "evaluation": (10, {"clf_fid": 7.5, "class_accuracy": 0.9}), "floor": reason}
+    card = model_card(config, training, 1e-7)
+    assert "| clf_fid | 7.5 | - |" in card and f"not measured at export ({reason})" in card
+    assert "--metrics clf_fid,class --num-samples 2000 --reference-floor` prints it" in card

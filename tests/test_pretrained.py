@@ -1,5 +1,6 @@
 """pretrained/mnist32_cond: the shipped conditional generator (bash pretrained/remake.sh makes it). Its files load,
 its PyTorch and ONNX forms agree, it fits in 2 MB, and it draws the digit it is asked for."""
+import json
 import subprocess
 import sys
 
@@ -48,8 +49,9 @@ def test_it_draws_the_digit_asked_for(real_classifier):
 
 
 def test_the_remake_script_makes_such_a_folder(mnist_root, tiny_classifier, tmp_path):
-    """pretrained/remake.sh as shipped, made small: a few steps of a tiny model on the small test digits."""
-    small = [a for a in TINY if not a.startswith("data.image_size")] + ["train.max_steps=4", "eval.num_samples=64"]
+    """pretrained/remake.sh as shipped, made small: one epoch of a tiny model on the small test digits, evaluated."""
+    small = [a for a in TINY if not a.startswith("data.image_size")] + ["train.epochs=1", "eval.every_epochs=1",
+                                                                        "eval.num_samples=100"]
     env = subprocess_env() | {"OUT": str(tmp_path / "out"), "TRAIN_ARGS": " ".join(small), "PYTHON": sys.executable,
                               "DCGAN_CACHE": str(tiny_classifier.parent)}
     result = subprocess.run(["bash", "pretrained/remake.sh", str(mnist_root)], cwd=ROOT, env=env, capture_output=True,
@@ -57,4 +59,18 @@ def test_the_remake_script_makes_such_a_folder(mnist_root, tiny_classifier, tmp_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert {p.name for p in (tmp_path / "out").iterdir()} == FILES
     card = (tmp_path / "out" / "MODEL.md").read_text()
-    assert "| steps trained | 4 |" in card and "conditional (projection)" in card
+    assert "| steps trained | 16 |" in card and "conditional (projection)" in card and "100 samples" in card
+    # The card's floor is the one `python -m evaluation.fid --reference-floor` measures with the run's settings.
+    rows = dict(line.strip("| ").split(" | ", 1) for line in card.splitlines() if line.startswith("| clf_fid"))
+    command = [sys.executable, "-m", "evaluation.fid", "--checkpoint", str(tmp_path / "out"), "--data-root",
+               str(mnist_root), "--metrics", "clf_fid,class", "--reference-floor", "--json", str(tmp_path / "fid.json")]
+    measured = subprocess.run(command + ["--num-samples", "100"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert measured.returncode == 0, measured.stderr
+    results = {r["metric"]: r["value"] for r in json.loads((tmp_path / "fid.json").read_text())["results"]}
+    assert rows["clf_fid"] == f"{results['clf_fid']:.4g} | {results['floor_clf_fid']:.4g}"
+    assert rows["clf_fid_per_class"].endswith(" | -")       # no floor for a conditional metric
+    # Too few of one digit for its per-digit FID (the first 64 test digits hold one 6): one line, not a traceback.
+    few = subprocess.run(command + ["--num-samples", "64"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert few.returncode == 2 and few.stderr.count("\n") == 1 and "reference has 1: raise --num-samples" in few.stderr
