@@ -1,5 +1,6 @@
 """End-to-end runs of train_ddp.py on a tiny model and a small IDX dataset, as a user runs it."""
 import io
+import json
 import math
 import re
 import subprocess
@@ -65,6 +66,9 @@ def test_run_dir_layout(short_run):
     log = (run_dir / "train.log").read_text()
     assert "1 process(es)" in log and "epoch 2/2 step 32" in log and "done: 32 steps" in log
     assert "CUDA graphs False" in log                    # on by default, but they need a GPU
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["step"]) for e in epochs] == [(1, 16), (2, 32)]   # what a search worker reads
+    assert epochs[1]["health"] in log and epochs[1]["train_seconds"] > epochs[0]["train_seconds"] > 0
     # keep_last=2: only the two newest of the five checkpoints remain, and no temp files
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000030.pt", "ckpt-00000032.pt"]
 
@@ -187,6 +191,11 @@ def test_health_verdict_judges_d_against_its_targets():
     assert "few classes: the classifier sees 2 of 10 classes, yet the fixed-noise samples vary 0.79x" in misread.verdict()
     assert "mode collapse" not in misread.verdict() and misread.scalars()["health/ok"] == 0.0
     assert "mode collapse: the classifier sees 2" in Health(d_x=0.62, d_g_z=0.52, classes_covered=2, **smoothed).verdict()
+    # what a run does not recover from: a loss that is no longer a number, or a collapse; not D winning or few classes
+    nan = Health(d_x=float("nan"), d_g_z=float("nan"), loss_d=float("nan"), real_target=0.85, fake_target=0.2)
+    assert nan.divergence() == "diverged: loss_D is nan, not a number any more" and nan.verdict().startswith("WARNING")
+    assert collapsed.divergence().startswith("mode collapse: fixed-noise samples vary 0.10x")
+    assert misread.divergence() == "" and Health(d_x=0.85, d_g_z=0.2, **smoothed).divergence() == ""
 
 
 @pytest.mark.slow

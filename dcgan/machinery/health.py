@@ -13,6 +13,7 @@ collapse threshold is named for what is known ("few classes"), not called a coll
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,7 @@ class Health:
     classes_covered: float | None = None   # from the classifier, when an evaluation measured coverage
 
     def problems(self) -> list[str]:
-        found = []
+        found = [] if math.isfinite(self.loss_d) else [f"diverged: loss_D is {self.loss_d}, not a number any more"]
         margin = WIN_MARGIN * (self.real_target - self.fake_target)
         if self.d_x >= self.real_target - margin and self.d_g_z <= self.fake_target + margin:
             found.append(f"D wins outright: D(x)={self.d_x:.3f} and D(G(z))={self.d_g_z:.3f} sit on its targets "
@@ -60,6 +61,11 @@ class Health:
         if self.classes_covered is not None and self.classes_covered < MIN_CLASSES:
             found.append(self.few_classes())
         return found
+
+    def divergence(self) -> str:
+        """The first problem a run does not recover from ('' if none): a loss that is no longer a number, or a mode
+        collapse."""
+        return next((p for p in self.problems() if p.startswith(("diverged", "mode collapse"))), "")
 
     def few_classes(self) -> str:
         seen = f"the classifier sees {self.classes_covered:.0f} of 10 classes"

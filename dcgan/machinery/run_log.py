@@ -1,11 +1,13 @@
-"""What a run tells its user (console and train.log lines, TensorBoard scalars and images, PNG grids), and its
-TensorBoard scalars read back (read_scalars: reports and model cards use them).
+"""What a run tells its user (console and train.log lines, TensorBoard scalars and images, PNG grids, one JSON
+line per epoch in epochs.jsonl for programs that watch a run), and its TensorBoard scalars read back (read_scalars:
+reports and model cards use them).
 
 Only the main process writes anything; every method is a no-op elsewhere.
 """
 from __future__ import annotations
 
 import io
+import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +49,13 @@ class RunLog:
             self._file.close()
         except OSError:
             pass
+
+    def epoch(self, record: dict) -> None:
+        """One line of epochs.jsonl (epoch, step, seconds of training, the health verdict, the evaluation if one
+        ran), written at once: a search worker decides from it whether to prune the run (experiments.search)."""
+        if self.enabled:
+            with open(self.run_dir / "epochs.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
     def progress(self, total: int, initial: int) -> None:
         self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None if self.enabled else True)  # None: off when not a terminal (batch logs)

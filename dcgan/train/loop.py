@@ -203,6 +203,8 @@ class Trainer:
                         sample_spread(self.G, self.sample_noise) / self.real_spread, values.get("classes_covered"))
         self.log.scalars({**health.scalars(), "epoch": epoch + 1}, step=self.step)
         self.log.info(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {health.verdict()}")
+        self.log.epoch({"epoch": epoch + 1, "step": self.step, "train_seconds": self.clock.seconds(),
+                        "health": health.verdict(), "diverged": health.divergence(), "eval": values})
         self.epoch_stats.zero_()
         self.epoch_steps = 0
         return stop
