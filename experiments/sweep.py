@@ -66,18 +66,8 @@ class Sweep:
 def load_sweep(path: str | Path, cli_overrides: list[str] | tuple = (), base: str | None = None) -> Sweep:
     """`base` replaces the file's base config (the same study at 64 px: configs/mnist64.yaml)."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist (shipped studies are in configs/experiments/)")
-    try:
-        spec = read_yaml(path)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SweepError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    spec, name = read_study_file(path, SWEEP_KEYS, "sweep file", "configs/experiments/")
     where = f"{path}"
-    _mapping(spec, where, SWEEP_KEYS)
-    name = str(spec.get("name") or path.stem)
-    if not _SAFE_NAME.match(name):
-        raise SweepError(f"{where}: name '{name}' must be letters, digits and . + - _ (it names a folder)")
     base = _base(base or spec.get("base"), where)
     shared = _overrides(spec.get("overrides"), f"{where}: overrides")
     shared += _overrides(spec.get("evaluation"), f"{where}: evaluation", prefix="eval.")
@@ -96,6 +86,27 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple = (), base: st
     if len(set(names)) != len(names):
         raise SweepError(f"{where}: two members share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
     return sweep
+
+
+def read_study_file(path: Path, allowed: tuple[str, ...], what: str, shipped: str,
+                    error: type[SweepError] = SweepError) -> tuple[dict, str]:
+    """A study file (sweep or search) as (its mapping, its name: the file's name unless it says): a missing file,
+    bad YAML, an unknown key or a name that cannot name a folder raise `error` with one line."""
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist (shipped ones are in {shipped})")
+    try:
+        spec = read_yaml(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise error(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    try:
+        _mapping(spec, str(path), allowed)
+    except SweepError as exc:
+        raise error(str(exc)) from None
+    name = str(spec.get("name") or path.stem)
+    if not _SAFE_NAME.match(name):
+        raise error(f"{path}: name '{name}' must be letters, digits and . + - _ (it names a folder)")
+    return spec, name
 
 
 def _expand(spec: dict, where: str) -> list[tuple[str, list[str]]]:

@@ -52,6 +52,8 @@ INCEPTION_EVAL = ["--num-samples", "10", "--batch-size", "10"]   # Inception run
 
 EVAL = ["--num-samples", "50"]
 SWEEP_RUN = [*TINY_RUN, "eval.num_samples=50"]   # the studies evaluate 2000 samples; the small test set has 128
+# A search's trials: the TINY model (fixing the widths and batch it searches), one epoch each, evaluated once.
+SEARCH_RUN = [*TINY, "train.epochs=1", "eval.num_samples=50"]
 COMMANDS = [
     Command("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python train_ddp.py",
             "run", TINY_RUN, "done: 2 steps"),
@@ -126,6 +128,14 @@ COMMANDS = [
     Command("python -m experiments.report runs/baseline", "run", [], "| mnist32-seed2 |", "runs/baseline/report.md"),
     Command("sbatch slurm/sweep.sbatch configs/experiments/precision.yaml", "run", SWEEP_RUN,
             "| mixed |", "runs/precision/report.md", slurm=True),
+    Command("python -m experiments.search configs/search/mnist32.yaml", "run", [*SEARCH_RUN, "--trials", "2"],
+            "2 trial(s) run here"),
+    Command("python -m experiments.search configs/search/mnist32.yaml --report", "run", SEARCH_RUN,
+            "# Search mnist32-search: 2 trials", "runs/mnist32-search/search.md"),
+    Command("python train_ddp.py --config runs/mnist32-search/best.yaml", "run", TINY_RUN, "done: 2 steps"),
+    Command("sbatch --array=0-7 slurm/search.sbatch configs/search/mnist32.yaml", "run",
+            [*SEARCH_RUN, "--trials", "3"], "# Search mnist32-search: 3 trials", "runs/mnist32-search/search.md",
+            slurm=True),
     # "container": run as written (with the test machine's base image, network and pip settings added) by
     # tests/test_containers.py in the slow tier: building the images takes minutes and gigabytes
     Command("podman build -t dcgan-ddp .", "container"),
@@ -239,6 +249,8 @@ def test_readme_command(command: Command, workspace, request):
         return two_nodes(workspace, line, env, command)
     if command.text.startswith("sbatch slurm/sweep.sbatch"):
         return slurm_sweep(workspace, line, env, command)
+    if "slurm/search.sbatch" in command.text:
+        return slurm_search(workspace, line, env, command)
     if command.text.startswith("sbatch") and command.how == "run":
         return slurm_job(workspace, line, env, command)
     result = shell(workspace, line, env)
@@ -348,6 +360,21 @@ def slurm_sweep(ws: dict, line: str, env: dict, command: Command) -> None:
     check_expectation(ws, command, submitted)
 
 
+def slurm_search(ws: dict, line: str, env: dict, command: Command) -> None:
+    """The array of search workers: every task completes, the first submits the report job, which completes
+    after the array and writes the report the row names."""
+    submitted = shell(ws, line.replace("sbatch ", "sbatch --parsable ", 1), env, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    array = submitted.stdout.strip().split(";")[0]
+    tasks = int(re.search(r"--array=0-(\d+)", line).group(1)) + 1
+    logs = lambda: "\n".join(p.read_text()[-1500:] for p in ws["dir"].glob(f"search-{array}_*.out"))  # noqa: E731
+    for task in range(tasks):
+        assert wait_job(env, f"{array}_{task}", timeout=600) == "COMPLETED", logs()
+    report = re.search(r"report job (\d+) runs after array", logs()).group(1)
+    assert wait_job(env, report) == "COMPLETED", logs()
+    check_expectation(ws, command, submitted)
+
+
 def test_quickstart_install_is_satisfied():
     """Quickstart command 1 installs requirements.txt: everything it asks for is what the test environment has
     (CI installs requirements-dev.txt, which includes it), so no requirement is missing from the file."""
@@ -423,6 +450,8 @@ INLINE = [
     Inline("pip install -r requirements-onnx.txt", "install"),
     Inline("python -m evaluation.grey_probe", "run", ["--checkpoint", "runs/000-mnist64"], "real digits:"),
     Inline("python -m evaluation.classifier", "block"),
+    Inline("pip install -r requirements-search.txt", "install"),
+    Inline("python -m experiments.report runs/mnist32-search", "run", [], "runs/mnist32-search/report.md"),
     Inline("python -m pytest -q", "marker"),
     Inline("python -m pytest -m slow", "marker"),
     Inline('python -m pytest -m "slow or not slow"', "marker"),

@@ -1,6 +1,7 @@
 """`sbatch slurm/train.sbatch` on a real SLURM cluster: 2 nodes (own network namespaces and addresses) x 1
 process, started by tests/slurm/local_slurm.sh. Skips where that cannot run (not root, no apt, no namespaces).
 The README's SLURM commands (one-node training, the evaluation job after it) run in tests/test_readme.py."""
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -79,3 +80,28 @@ def test_interrupted_job_resumes_and_matches_uninterrupted_run(slurm_env, baseli
     final = load_ckpt(run_dir)
     assert final["step"] == STEPS
     assert_same_state(load_ckpt(baseline[0]), final)
+
+
+@pytest.mark.slow
+def test_two_slurm_workers_fill_one_study(slurm_env, tmp_path, mnist_root, tiny_classifier):
+    """`sbatch --array=0-1 slurm/search.sbatch FILE` on the 2-node cluster: 4 trials, each once, then the report
+    job. Each worker takes at most 2 (--max-trials-here), so both must have worked, whichever starts first."""
+    pytest.importorskip("optuna", reason="the search needs requirements-search.txt")
+    from test_search import search_file, study_of
+    path = search_file(tmp_path, mnist_root, trials=4)
+    env = slurm_env | {"DCGAN_CACHE": str(tiny_classifier.parent)}
+    # --exclusive: a node each (the cluster's nodes have 2 cores, room for both tasks on one)
+    submitted = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--exclusive",
+                                f"--output={tmp_path}/%x-%A_%a.out", "slurm/search.sbatch", str(path), "--max-trials-here", "2"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    array = submitted.stdout.strip().split(";")[0]
+    for task in (0, 1):
+        assert wait_job(env, f"{array}_{task}", timeout=600) == "COMPLETED", \
+            (tmp_path / f"search-{array}_{task}.out").read_text()[-3000:]
+    report = re.search(r"report job (\d+) runs after array", (tmp_path / f"search-{array}_0.out").read_text())
+    assert report and wait_job(env, report.group(1)) == "COMPLETED" and (tmp_path / "runs/tiny/search.md").is_file()
+    trials = study_of(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({t.user_attrs["run"] for t in trials}) == 4                 # no trial run twice
+    nodes = {t.user_attrs["worker"].split("/")[0] for t in trials}
+    assert len(nodes) == 2, nodes                                          # both workers took trials
