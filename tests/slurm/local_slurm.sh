@@ -100,6 +100,9 @@ teardown_netns() {
   local ns
   for ns in /run/netns/ls-n*; do [ -e "$ns" ] && ip netns del "${ns##*/}" && log "deleted netns ${ns##*/}"; done
   if ip link show "$BR" >/dev/null 2>&1; then ip link del "$BR"; log "deleted bridge $BR"; fi
+  # a process left in a node's namespace (a job step still exiting) keeps its veth alive; the next start would
+  # find lsvN and skip it, leaving the new namespace without eth0
+  for i in $(seq 1 "$NODES"); do if ip link show "lsv$i" >/dev/null 2>&1; then ip link del "lsv$i"; log "deleted veth lsv$i"; fi; done
   return 0
 }
 
