@@ -43,6 +43,7 @@ class Command:
     expect: str = ""                           # a line the command's output (or the named file) must contain
     expect_in: str = ""                        # file (in the workspace) holding `expect`, instead of the output
     slurm: bool = False
+    slow: bool = False                         # run in the slow tier (minutes of work behind one line)
     # (append, expect) instead, where ../shared's Inception weights are absent (a user's checkout, offline)
     without_inception: tuple[list[str], str] | None = None
 
@@ -135,7 +136,7 @@ COMMANDS = [
     Command("python train_ddp.py --config runs/mnist32-search/best.yaml", "run", TINY_RUN, "done: 2 steps"),
     Command("sbatch --array=0-7 slurm/search.sbatch configs/search/mnist32.yaml", "run",
             [*SEARCH_RUN, "--trials", "3"], "# Search mnist32-search: 3 trials", "runs/mnist32-search/search.md",
-            slurm=True),
+            slurm=True, slow=True),
     # "container": run as written (with the test machine's base image, network and pip settings added) by
     # tests/test_containers.py in the slow tier: building the images takes minutes and gigabytes
     Command("podman build -t dcgan-ddp .", "container"),
@@ -227,7 +228,8 @@ def line_for(command: Command, ws: dict) -> str:
     return " ".join([text, *command.append])
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c.how not in ("ci", "container")],
+@pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.slow] if c.slow else [])
+                                     for c in COMMANDS if c.how not in ("ci", "container")],
                          ids=lambda c: c.text[:70])
 def test_readme_command(command: Command, workspace, request):
     if "--inception-weights" in command.text and not INCEPTION.is_file():
