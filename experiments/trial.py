@@ -115,7 +115,7 @@ class TrialRun:
         if self.prune_reason:
             return Outcome("pruned", self.last_value, self.prune_reason, self.train_seconds)
         if self.interrupted:
-            return Outcome("interrupted", None, "interrupted (the worker was stopped): re-queued to resume from its "
+            return Outcome("interrupted", None, "its worker was stopped (a signal): re-queued to resume from its "
                                                 "checkpoint", self.train_seconds)
         if returncode != 0 or not (self.run_dir / "generator.pt").is_file():
             return Outcome("failed", None, f"train_ddp.py exited with {returncode}: {self.last_words()}",

@@ -140,7 +140,7 @@ def test_a_stopped_or_killed_worker_s_trial_is_resumed(tmp_path, mnist_root, tin
     trials = study_of(tmp_path).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     reason = trials[0].user_attrs["reason"]
-    assert ("interrupted" if how == "stopped" else "stopped (no heartbeat") in reason and "re-queued" in reason
+    assert ("was stopped (a signal)" if how == "stopped" else "stopped (no heartbeat") in reason and "re-queued" in reason
     assert trials[1].params == trials[0].params and trials[1].user_attrs["run"] == "trial-0000"
     log = (first / "train.log").read_text()
     assert f"resumed from {first / 'checkpoints'}" in log or f"ckpt-{steps_then:08d}" in log.split("resum")[-1]
