@@ -130,10 +130,11 @@ COMMANDS = [
     Command("sbatch slurm/sweep.sbatch configs/experiments/precision.yaml", "run", SWEEP_RUN,
             "| mixed |", "runs/precision/report.md", slurm=True),
     Command("python -m experiments.search configs/search/mnist32.yaml", "run", [*SEARCH_RUN, "--trials", "2"],
-            "2 trial(s) run here"),
+            "2 trial(s) run here", slow=True),
     Command("python -m experiments.search configs/search/mnist32.yaml --report", "run", SEARCH_RUN,
-            "# Search mnist32-search: 2 trials", "runs/mnist32-search/search.md"),
-    Command("python train_ddp.py --config runs/mnist32-search/best.yaml", "run", TINY_RUN, "done: 2 steps"),
+            "# Search mnist32-search: 2 trials", "runs/mnist32-search/search.md", slow=True),
+    Command("python train_ddp.py --config runs/mnist32-search/best.yaml", "run", TINY_RUN, "done: 2 steps",
+            slow=True),
     Command("sbatch --array=0-7 slurm/search.sbatch configs/search/mnist32.yaml", "run",
             [*SEARCH_RUN, "--trials", "3"], "# Search mnist32-search: 3 trials", "runs/mnist32-search/search.md",
             slurm=True, slow=True),
@@ -427,6 +428,8 @@ class Inline:
     how: str
     append: list[str] = field(default_factory=list)
     expect: str = ""
+    needs: str = "runs/000-mnist64"            # what the shell blocks' commands made that it runs on
+    slow: bool = False                         # in the slow tier, with the block commands that make `needs`
 
 
 INLINE = [
@@ -453,7 +456,8 @@ INLINE = [
     Inline("python -m evaluation.grey_probe", "run", ["--checkpoint", "runs/000-mnist64"], "real digits:"),
     Inline("python -m evaluation.classifier", "block"),
     Inline("pip install -r requirements-search.txt", "install"),
-    Inline("python -m experiments.report runs/mnist32-search", "run", [], "runs/mnist32-search/report.md"),
+    Inline("python -m experiments.report runs/mnist32-search", "run", [], "runs/mnist32-search/report.md",
+           needs="runs/mnist32-search", slow=True),
     Inline("python -m pytest -q", "marker"),
     Inline("python -m pytest -m slow", "marker"),
     Inline('python -m pytest -m "slow or not slow"', "marker"),
@@ -496,13 +500,14 @@ def test_inline_installs_are_satisfied():
             assert result.returncode == 0 and "Would install" not in result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("inline", list({c.text: c for c in INLINE if c.how == "run"}.values()),  # each once
+@pytest.mark.parametrize("inline", [pytest.param(c, marks=[pytest.mark.slow] if c.slow else []) for c in
+                                    {c.text: c for c in INLINE if c.how == "run"}.values()],  # each once
                          ids=lambda c: c.text[:70])
 def test_readme_inline_command(inline: Inline, workspace):
     """Run in the workspace after the shell blocks' commands (runs/000-mnist64 exists then), as written but for
     the one-of spelling `a\\|b` (the last choice runs), /path/to/data (the workspace's data) and `append`."""
-    if not (workspace["dir"] / "runs" / "000-mnist64").is_dir():
-        pytest.skip("runs/000-mnist64 is made by the README's first training command (run this module whole)")
+    if not (workspace["dir"] / inline.needs).is_dir():
+        pytest.skip(f"{inline.needs} is made by the README's block commands (run this module whole, in its tier)")
     text = re.sub(r"\S+\\\|(\S+)", r"\1", inline.text).replace("/path/to/data", "data")
     result = shell(workspace, " ".join([text, *inline.append]), workspace["env"])
     assert result.returncode == 0, f"{text}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
