@@ -60,14 +60,16 @@ def open_study(search: Search, storage_url: str | None, worker_number: int):
     except Exception as exc:  # noqa: BLE001 -- every driver has its own errors; the first line says what failed
         where = storage_url or folder / "study.journal"
         raise SearchError(f"storage {where} is unreachable: {str(exc).strip().splitlines()[0][:200]}") from None
-    seed = search.seed + worker_number   # workers sharing a history must not propose the same settings
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, search.trials // 4 or 1))
-               if search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.fixed.train.epochs),
               "none": optuna.pruners.NopPruner()}[search.pruner]
-    study = optuna.create_study(study_name=search.name, storage=storage, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=search.name, storage=storage, pruner=pruner,
                                 direction="minimize" if search.minimize else "maximize", load_if_exists=True)
+    # Seeded by the file, the worker and the trials already there: a worker continuing a study (or beside another)
+    # must not draw the random start-up proposals of the one before it again.
+    seed = search.seed + worker_number + 1000 * len(study.get_trials(deepcopy=False))
+    study.sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, search.trials // 4 or 1))
+                     if search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     recorded = study.user_attrs.get("search")
     if recorded is None:
         study.set_user_attr("search", search.identity())

@@ -72,8 +72,10 @@ def test_a_search_fills_its_budget_reports_and_continues(tmp_path, mnist_root, t
     # the same command again: the budget is spent, nothing runs; a larger budget adds exactly the difference
     again = search(path, tiny_classifier)
     assert again.returncode == 0 and "0 trial(s) run here" in again.stdout
-    more = search(path, tiny_classifier, "--trials", "4")
+    more = search(path, tiny_classifier, "--trials", "40", "--max-trials-here", "1")   # 40: random start-up draws
     assert more.returncode == 0 and "1 trial(s) run here" in more.stdout and len(study_of(tmp_path).trials) == 4
+    first, *_, added = study_of(tmp_path).trials      # the continuing worker draws anew, not the first's proposals
+    assert added.params != first.params
     report = search(path, tiny_classifier, "--report")
     assert report.returncode == 0, report.stderr
     text = (folder / "search.md").read_text()
